@@ -1,0 +1,193 @@
+"""The `domaintune` command: each command parses its arguments and calls one library function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from domaintune.config import ConfigError, load_config, template
+from domaintune.data import DataError, ReadOptions
+from domaintune.models import ModelNotFoundError, list_models
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Fine-tune pretrained language models on your labelled text, offline, on CPU.")
+console = Console(stderr=True)
+# Wide when piped, so tables stay one row per model in logs and CI output.
+out = Console(width=None if sys.stdout.isatty() else 200)
+
+USER_ERRORS = (ConfigError, DataError, ModelNotFoundError, FileNotFoundError)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the weight-loading report is noise for our users
+    hf_logging.disable_progress_bar()
+
+
+def _fail(e: Exception, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _read_options(fmt: str, text_column: str, label_column: Optional[str], delimiter: Optional[str], encoding: str,
+                  no_header: bool) -> ReadOptions:
+    as_col = lambda c: int(c) if c is not None and c.isdigit() and no_header else c  # noqa: E731
+    return ReadOptions(format=fmt, text_column=as_col(text_column), label_column=as_col(label_column),
+                       delimiter=delimiter, encoding=encoding, has_header=not no_header)
+
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the pretrained models available offline."""
+    rows = list_models()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="Offline model catalog")
+    for col in ("name", "language", "architecture", "parameters", "licence", "package", "installed"):
+        table.add_column(col, no_wrap=True)
+    for r in rows:
+        table.add_row(r["name"], r["language"], r["architecture"], r["parameters"], r["licence"], r["package"],
+                      "yes" if r["installed"] else "no")
+    out.print(table)
+    out.print("Any local Hugging Face folder also works as `model:`.")
+
+
+@app.command()
+def init(path: Path = typer.Argument(Path("domaintune.yaml"), help="Where to write the template."),
+         force: bool = typer.Option(False, help="Overwrite an existing file.")) -> None:
+    """Write a commented config template with every key and its default."""
+    if path.exists() and not force:
+        _fail(FileExistsError(f"{path} exists; pass --force to overwrite it"))
+    from domaintune.training.checkpoint import atomic_write_text
+
+    atomic_write_text(path, template())
+    out.print(f"wrote {path}; edit data.train and run: domaintune train {path}")
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="YAML config file."),
+          set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.lr=3e-5 (repeatable)."),
+          resume: bool = typer.Option(False, "--resume", help="Continue from the run's latest checkpoint."),
+          overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+          verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    """Fine-tune a model as CONFIG says and write a run directory."""
+    _setup_logging(verbose)
+    from domaintune.run import RunDirectoryError, train_run
+
+    try:
+        cfg = load_config(config, set_)
+        metrics = train_run(cfg, overwrite=overwrite, resume=resume)
+    except (*USER_ERRORS, RunDirectoryError) as e:
+        _fail(e)
+    _print_summary(metrics)
+
+
+def _print_summary(metrics: dict) -> None:
+    test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
+    table = Table(title=f"{metrics['name']}: test scores")
+    for col in ("model", "accuracy %", "macro-F1 %"):
+        table.add_column(col)
+    for name, key in (("majority class", "majority"), ("frozen encoder + linear head", "frozen_linear")):
+        if key in base:
+            table.add_row(name, f"{100 * base[key]['accuracy']:.2f}", f"{100 * base[key]['macro_f1']:.2f}")
+    if test:
+        table.add_row("fine-tuned", f"{100 * test['accuracy']:.2f}", f"{100 * test['macro_f1']:.2f}")
+    out.print(table)
+    t = metrics["train"]
+    out.print(f"trained in {t['seconds']:.1f} s ({t['samples_per_second']:.0f} samples/s, "
+              f"{'bf16' if t['bf16'] else 'fp32'}, peak RSS {t['peak_rss_mb']:.0f} MB); report: "
+              f"{Path(metrics.get('run_dir', 'runs/' + metrics['name'])) / 'report.md'}")
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="A finished run directory."),
+             data: Path = typer.Option(..., "--data", help="Labelled file to score."),
+             output: Optional[Path] = typer.Option(None, "--output", help="Write the metrics JSON here."),
+             text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+             fmt: Optional[str] = typer.Option(None, "--format"), delimiter: Optional[str] = typer.Option(None),
+             encoding: Optional[str] = typer.Option(None), no_header: Optional[bool] = typer.Option(None, "--no-header")) -> None:
+    """Re-score a saved run on any labelled file (same reader options as the config)."""
+    _setup_logging(False)
+    from domaintune.evaluate import evaluate_run
+    from domaintune.predictor import Predictor
+
+    try:
+        predictor = Predictor(run_dir)
+        d = predictor.config.get("data", {})
+        opts = _read_options(fmt or d.get("format", "auto"), text_column or str(d.get("text_column", "text")),
+                             label_column or str(d.get("label_column", "label")),
+                             delimiter if delimiter is not None else d.get("delimiter"), encoding or d.get("encoding", "utf-8"),
+                             no_header if no_header is not None else not d.get("has_header", True))
+        metrics = evaluate_run(run_dir, data, opts, output, predictor=predictor)
+    except USER_ERRORS as e:
+        _fail(e)
+    out.print(f"accuracy {100 * metrics['accuracy']:.2f} %  macro-F1 {100 * metrics['macro_f1']:.2f} %  "
+              f"weighted-F1 {100 * metrics['weighted_f1']:.2f} %  (n={metrics['n']})")
+    if output:
+        out.print(f"metrics written to {output}")
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."),
+            text: list[str] = typer.Option([], "--text", help="Text to classify (repeatable)."),
+            input_: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts."),
+            output: Optional[Path] = typer.Option(None, "--output", help="Where to write the file with label, score added."),
+            top_k: int = typer.Option(3, "--top-k", help="How many labels to show per text."),
+            text_column: str = typer.Option("text"), fmt: str = typer.Option("auto", "--format"),
+            delimiter: Optional[str] = typer.Option(None), encoding: str = typer.Option("utf-8"),
+            no_header: bool = typer.Option(False, "--no-header")) -> None:
+    """Predict labels for --text or for a whole --input file."""
+    _setup_logging(False)
+    from domaintune.predictor import Predictor
+
+    if not text and not input_:
+        _fail(ValueError("give --text \"...\" or --input FILE --output FILE"))
+    if input_ and not output:
+        _fail(ValueError("--input needs --output (the input file is never modified)"))
+    try:
+        predictor = Predictor(run_dir)
+        if text:
+            for t, p in zip(text, predictor.predict(text, top_k=top_k)):
+                alts = ", ".join(f"{a['label']} {a['score']:.3f}" for a in p["top_k"])
+                out.print(f"{p['label']}\t{p['score']:.4f}\t{t}\n  top-{top_k}: {alts}", highlight=False)
+        if input_:
+            from rich.progress import Progress
+
+            with Progress(console=console, disable=not sys.stderr.isatty()) as prog:
+                task = prog.add_task("predict", total=None)
+                n = predictor.predict_file(input_, output, _read_options(fmt, text_column, None, delimiter, encoding, no_header),
+                                           progress=lambda done, total: prog.update(task, completed=done, total=total))
+            out.print(f"wrote {n} predictions to {output}")
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+@app.command()
+def demo(output_dir: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),
+         epochs: float = typer.Option(4.0, help="Training epochs.")) -> None:
+    """Fine-tune the default model on the built-in maintenance-ticket data and show what it learnt."""
+    _setup_logging(False)
+    from domaintune.demo import run_demo
+
+    try:
+        run_demo(output_dir, epochs, out)
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+def main() -> None:  # pragma: no cover - console-script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,208 @@
+"""Run configuration: one YAML file, validated by pydantic.
+
+Every field has a default and a one-line description, so `domaintune init`
+can write a commented template and the README's config reference can be
+generated from this module (a test keeps the two in sync). Unknown keys are
+errors that name the key and suggest the closest valid one: a typo such as
+`learning_rate` must not silently train with the default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message says what and where."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    train: str | None = Field(None, description="Training file (csv, tsv, jsonl, parquet); required for `train`.")
+    dev: str | None = Field(None, description="Dev file for early stopping and best-checkpoint selection; split from train when empty.")
+    test: str | None = Field(None, description="Test file for the final report; split from train when empty.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
+        "auto", description="File format; `auto` decides from the extension (.csv .tsv .txt .jsonl .json .parquet).")
+    text_column: str | int = Field("text", description="Column holding the text: a header name, or a 0-based index when has_header is false.")
+    label_column: str | int = Field("label", description="Column holding the label: a header name, or a 0-based index.")
+    delimiter: str | None = Field(None, description="Field separator for delimited text files; default ',' for csv and tab for tsv/txt.")
+    encoding: str = Field("utf-8", description="Text encoding of the files; a UTF-8 byte-order mark is always stripped.")
+    has_header: bool = Field(True, description="Whether the first line of a delimited file is a header.")
+    dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as dev when `dev` is empty (stratified, seeded).")
+    test_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as test when `test` is empty (stratified, seeded).")
+
+
+class TrainConfig(_Strict):
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed).")
+    batch_size: int = Field(32, ge=1, description="Examples per optimizer step before gradient accumulation.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of AdamW.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never applied to biases and LayerNorm weights).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of steps with linear warm-up; then linear decay to zero.")
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm; empty disables clipping.")
+    max_length: int = Field(128, ge=8, le=8192, description="Token limit per text; longer texts are truncated.")
+    dropout: float | None = Field(None, ge=0, lt=1, description="Override the model's hidden/attention dropout; empty keeps the pretrained value.")
+    seed: int = Field(42, description="Seed for splitting, initialisation, data order and dropout.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Compute precision; `auto` uses bf16 autocast where the CPU supports it (fp32 master weights).")
+    group_by_length: bool = Field(True, description="Batch texts of similar length together so less padding is computed.")
+    eval_every: Literal["epoch"] | int = Field("epoch", description="Evaluate on dev every epoch, or every N optimizer steps.")
+    metric_for_best: str = Field("macro_f1", description="Dev metric that selects the best checkpoint and drives early stopping.")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; empty disables.")
+    save_every_steps: int | None = Field(None, ge=1, description="Also write the resumable checkpoint every N optimizer steps (always at every evaluation).")
+    log_every: int = Field(20, ge=1, description="Optimizer steps between log lines in train_log.jsonl.")
+    eval_batch_size: int = Field(128, ge=1, description="Batch size for evaluation and prediction.")
+    num_threads: int | None = Field(None, ge=1, description="torch intra-op threads; empty uses one per physical core.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (for smoke tests); overrides epochs.")
+
+
+class RunConfig(_Strict):
+    task: str = Field("classification", description="Task type: classification.")
+    method: str = Field("full", description="How weights adapt: full (fine-tune all weights).")
+    model: str = Field("minilm-l6", description="Catalog name (see `domaintune models`) or a local Hugging Face folder.")
+    output_dir: str = Field("runs/default", description="Run directory to write; an existing finished run is not overwritten without --overwrite.")
+    baseline: bool = Field(True, description="Also score the starting point (majority class, frozen encoder + linear head).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the labelled text is and how to read it.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        from domaintune.tasks import TASKS
+
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; choose one of {sorted(TASKS)}")
+        return v
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from domaintune.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; choose one of {sorted(METHODS)}")
+        return v
+
+
+SECTIONS: dict[str, type[BaseModel]] = {"": RunConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _fields_of(path: tuple[str | int, ...]) -> list[str]:
+    section = str(path[0]) if len(path) > 1 else ""
+    model = SECTIONS.get(section, RunConfig)
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_of(loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f"did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?" if close else f"valid keys here: {', '.join(valid)}"
+            lines.append(f"  - unknown key {key!r}: {hint}")
+        else:
+            lines.append(f"  - {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _parse_value(raw: str) -> Any:
+    """`--set` values are YAML scalars: 3e-5 -> float, true -> bool, null -> None."""
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(raw, str) and isinstance(value, str):
+        return raw
+    return value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply `key.sub=value` overrides (the CLI's --set) to a raw config dict."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=3e-5")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is not a section")
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate.
+
+    Relative data paths stay relative to the current directory, as a user
+    typing the command expects (bench configs use paths from the repo root).
+    """
+    source = str(path) if path else "<defaults>"
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found; create one with `domaintune init {p}`")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p}: not UTF-8 text ({e})") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        data = loaded
+    apply_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def _yaml_scalar(v: Any) -> str:
+    return yaml.safe_dump(v, default_flow_style=True, allow_unicode=True).strip().removesuffix("\n...").strip()
+
+
+def template() -> str:
+    """A commented YAML template with every key, its default and description."""
+    out = ["# domaintune run configuration. Every key is optional; shown values are defaults.",
+           "# Override any key on the command line: domaintune train CONFIG --set train.lr=3e-5", ""]
+    for name, field in RunConfig.model_fields.items():
+        if name in ("data", "train"):
+            continue
+        out.append(f"# {field.description}")
+        out.append(f"{name}: {_yaml_scalar(field.default)}")
+    for section, model in (("data", DataConfig), ("train", TrainConfig)):
+        out.append("")
+        out.append(f"{section}:  # {RunConfig.model_fields[section].description}")
+        for name, field in model.model_fields.items():
+            out.append(f"  # {field.description}")
+            out.append(f"  {name}: {_yaml_scalar(field.default)}")
+    return "\n".join(out) + "\n"
+
+
+def reference_markdown() -> str:
+    """The README's config reference table, generated from the models above."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for name, field in RunConfig.model_fields.items():
+        if name not in ("data", "train"):
+            rows.append(f"| `{name}` | `{_yaml_scalar(field.default)}` | {field.description} |")
+    for section, model in (("data", DataConfig), ("train", TrainConfig)):
+        for name, field in model.model_fields.items():
+            rows.append(f"| `{section}.{name}` | `{_yaml_scalar(field.default)}` | {field.description} |")
+    return "\n".join(rows) + "\n"

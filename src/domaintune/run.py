@@ -1,0 +1,139 @@
+"""One training run from config to run directory: the spine of domaintune.
+
+data -> task -> method -> trainer -> evaluation -> run directory. Every step is
+a plain function call; nothing is written into the run directory until the data
+has been validated and the model located, so a bad file never damages an
+existing run.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer
+
+from domaintune.config import RunConfig, dump_config
+from domaintune.data import LabelMap, Splits, prepare_data
+from domaintune.evaluation.baseline import frozen_linear_baseline, majority_baseline
+from domaintune.evaluation.metrics import summary
+from domaintune.evaluation.report import write_report
+from domaintune.methods import get_method
+from domaintune.models import licence_of, resolve_model
+from domaintune.tasks import get_task
+from domaintune.training.checkpoint import atomic_dir, atomic_write_json, atomic_write_text
+from domaintune.training.loop import Trainer, predict_logits
+
+log = logging.getLogger("domaintune")
+
+
+class RunDirectoryError(RuntimeError):
+    """The output directory holds a finished run and neither --overwrite nor --resume was given."""
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    if not run_dir.exists() or resume:
+        return
+    if any(run_dir.iterdir()) and not overwrite:
+        raise RunDirectoryError(
+            f"{run_dir} already holds a run; pass --overwrite to replace it, --resume to continue it, "
+            f"or choose another directory with --set output_dir=runs/NAME")
+
+
+def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, splits: Splits | None = None) -> dict:
+    """Train, evaluate and write a complete run directory; return metrics.json's content."""
+    t_total = time.perf_counter()
+    splits = splits or prepare_data(cfg)          # raises DataError listing every problem
+    model_dir = resolve_model(cfg.model)          # raises ModelNotFoundError with the pip command
+    run_dir = Path(cfg.output_dir)
+    _check_run_dir(run_dir, overwrite, resume)
+    if overwrite and not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        for stale in ("train_log.jsonl",):
+            (run_dir / stale).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+    config_text = dump_config(cfg)
+    atomic_write_text(run_dir / "config.yaml", config_text)
+    labelmap = LabelMap(tuple(splits.labels))
+    labelmap.save(run_dir / "labels.json")
+
+    task, method = get_task(cfg.task), get_method(cfg.method)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    l2i = labelmap.label2id
+    ids = {name: [l2i[ex.label] for ex in part] for name, part in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))}
+    feats = {name: task.encode(tokenizer, [ex.text for ex in part], ids[name], cfg.train.max_length)
+             for name, part in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))}
+
+    seed_everything(cfg.train.seed)
+    model = method.prepare(task.build_model(model_dir, labelmap.labels, cfg.train.dropout))
+
+    def score(features, targets, bf16: bool) -> dict:
+        logits = predict_logits(model, features, task.collate, pad_id, cfg.train.eval_batch_size, bf16)
+        return task.metrics(targets, task.predictions(logits), labelmap.labels)
+
+    trainer = Trainer(model, method, task.collate, pad_id, feats["train"],
+                      evaluate=lambda m, bf16: score(feats["dev"], ids["dev"], bf16),
+                      cfg=cfg.train, run_dir=run_dir, has_dev=bool(splits.dev))
+    result = trainer.train(resume=resume)
+
+    # Final scores in fp32, exactly as the saved model predicts with plain transformers.
+    dev_metrics = score(feats["dev"], ids["dev"], False) if splits.dev else {}
+    test_metrics = score(feats["test"], ids["test"], False) if splits.test else {}
+
+    final = method.export(model)
+    tokenizer_ = tokenizer
+
+    def write_model(tmp: Path) -> None:
+        final.save_pretrained(str(tmp))
+        tokenizer_.save_pretrained(str(tmp))
+
+    atomic_dir(run_dir / "model", write_model)
+
+    baseline: dict = {}
+    if cfg.baseline and splits.test:
+        baseline["majority"] = majority_baseline(ids["train"], ids["test"], list(labelmap.labels))
+        try:
+            baseline["frozen_linear"] = frozen_linear_baseline(model_dir, feats["train"], ids["train"], feats["test"],
+                                                               ids["test"], list(labelmap.labels), pad_id, seed=cfg.train.seed)
+        except Exception as e:  # noqa: BLE001 - a baseline failure must not lose a trained model
+            log.warning("frozen-encoder baseline failed: %s", e)
+        for name, m in list(baseline.items()):
+            m.pop("confusion_matrix", None)
+
+    metrics = {
+        "name": run_dir.name, "task": cfg.task, "method": cfg.method, "model": cfg.model, "model_path": str(model_dir),
+        "labels": list(labelmap.labels), "metric_for_best": cfg.train.metric_for_best,
+        "data": {"train_examples": len(splits.train), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
+                 "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,
+                 "warnings": [str(w) for w in splits.warnings]},
+        "train": {"seconds": round(result.seconds, 3), "samples_per_second": round(result.samples_per_second, 2),
+                  "peak_rss_mb": round(peak_rss_mb(), 1), "global_step": result.global_step,
+                  "epochs_completed": round(result.epochs_completed, 3), "best_step": result.best_step,
+                  "best_dev_metric": result.best_metric, "stopped_early": result.stopped_early, "bf16": result.bf16,
+                  "threads": result.threads, "total_seconds": round(time.perf_counter() - t_total, 2)},
+        "dev": dev_metrics, "test": test_metrics, "baseline": baseline, "history": result.history,
+    }
+    write_report(run_dir, metrics, config_text, list(labelmap.labels), licence_of(cfg.model))
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    log.info("run written to %s: test %s", run_dir, {k: round(v, 4) for k, v in summary(test_metrics).items()})
+    return metrics

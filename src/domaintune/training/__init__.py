@@ -1,0 +1,1 @@
+"""The training loop, batching, checkpoints and progress logging."""

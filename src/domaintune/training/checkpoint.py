@@ -1,0 +1,162 @@
+"""Atomic files and resumable checkpoints that survive kill -9.
+
+A checkpoint is a directory `checkpoints/step-XXXXXXX/` written under a
+temporary name, fsynced and renamed into place; only then is the pointer file
+`checkpoints/latest.json` replaced (itself atomically). A crash at any instant
+leaves either the old or the new checkpoint fully readable, never a torn one.
+Weights are safetensors; optimizer/scheduler/RNG state is loaded with
+`torch.load(weights_only=True)`, so a checkpoint cannot execute code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, ensure_ascii=False, indent=2, default=float) + "\n")
+
+
+def fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(folder)
+
+
+def atomic_dir(target: Path, write) -> Path:
+    """Call write(tmp_dir), then move tmp_dir onto target in one rename.
+
+    If target exists it is first moved aside and deleted after the swap; a
+    crash in between leaves `target.old`, which `resolve_dir` falls back to.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        write(tmp)
+        fsync_tree(tmp)
+        old = target.with_name(target.name + ".old")
+        if target.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    torch.set_rng_state(state["torch"])
+
+
+class CheckpointManager:
+    """Keeps `latest` (for resume) and `best` (by the dev metric) under run/checkpoints."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "checkpoints"
+
+    def save_latest(self, model, optimizer, scheduler, trainer_state: dict) -> Path:
+        step = trainer_state["global_step"]
+        name = f"step-{step:07d}"
+
+        def write(tmp: Path) -> None:
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                       tmp / "optimizer.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=float))
+
+        path = atomic_dir(self.dir / name, write)
+        atomic_write_json(self.dir / "latest.json", {"checkpoint": name, "global_step": step})
+        for old in self.dir.glob("step-*"):
+            if old.name != name and old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    def save_best(self, model, info: dict) -> Path:
+        def write(tmp: Path) -> None:
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            (tmp / "info.json").write_text(json.dumps(info, indent=2, default=float))
+
+        return atomic_dir(self.dir / "best", write)
+
+    def latest(self) -> Path | None:
+        pointer = self.dir / "latest.json"
+        if pointer.is_file():
+            path = self.dir / json.loads(pointer.read_text())["checkpoint"]
+            if (path / "trainer_state.json").is_file():
+                return path
+        candidates = sorted(p for p in self.dir.glob("step-*") if (p / "trainer_state.json").is_file())
+        return candidates[-1] if candidates else None
+
+    def best(self) -> Path | None:
+        for name in ("best", "best.old"):
+            if (self.dir / name / "model.safetensors").is_file():
+                return self.dir / name
+        return None
+
+    @staticmethod
+    def load_weights(model, folder: Path) -> None:
+        state = load_file(str(Path(folder) / "model.safetensors"))
+        model.load_state_dict(state, strict=True)
+
+    @staticmethod
+    def load_training_state(folder: Path) -> tuple[dict, dict]:
+        extra = torch.load(Path(folder) / "optimizer.pt", map_location="cpu", weights_only=True)
+        state = json.loads((Path(folder) / "trainer_state.json").read_text())
+        return extra, state
