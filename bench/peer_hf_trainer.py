@@ -123,7 +123,7 @@ def encode(tokenizer, texts: list[str], label_ids: list[int], max_length: int) -
     return [{**{k: enc[k][i] for k in keys}, "labels": label_ids[i]} for i in range(len(texts))]
 
 
-def stratified_limit(examples: list, n: int | None, seed: int) -> list:
+def seeded_subset(examples: list, n: int | None, seed: int) -> list:
     """First n examples of a seeded shuffle (slices for smoke tests only)."""
     if not n or n >= len(examples):
         return examples
@@ -214,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t_process = time.perf_counter()
     splits = prepare_data(cfg)
-    train_ex = stratified_limit(splits.train, args.limit_train, t.seed)
-    test_ex = stratified_limit(splits.test, args.limit_test, t.seed)
+    train_ex = seeded_subset(splits.train, args.limit_train, t.seed)
+    test_ex = seeded_subset(splits.test, args.limit_test, t.seed)
     labels = list(splits.labels)  # sorted label names, as domaintune uses
     label2id = {name: i for i, name in enumerate(labels)}
     id2label = {i: name for name, i in label2id.items()}
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "hyperparameters": {"epochs": t.epochs, "batch_size": t.batch_size, "grad_accum": t.grad_accum, "lr": t.lr,
                             "max_length": t.max_length, "seed": t.seed, "warmup_ratio": t.warmup_ratio,
                             "weight_decay": t.weight_decay, "max_grad_norm": t.max_grad_norm,
-                            "group_by_length": t.group_by_length, "precision": "fp32", "optim": str(targs.optim)},
+                            "group_by_length": t.group_by_length, "precision": "fp32", "optim": getattr(targs.optim, "value", str(targs.optim))},
         "train": {"seconds": round(train_seconds, 3), "samples_per_second": round(samples / max(train_seconds, 1e-9), 2),
                   "global_step": steps, "epochs_completed": round(epochs_done, 3),
                   "train_loss": float(train_output.training_loss),

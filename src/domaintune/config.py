@@ -53,6 +53,8 @@ class TrainConfig(_Strict):
     seed: int = Field(42, description="Seed for splitting, initialisation, data order and dropout.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Compute precision; `auto` uses bf16 autocast where the CPU supports it (fp32 master weights).")
+    head_init: Literal["probe", "random"] = Field(
+        "probe", description="Start the head from a linear probe on frozen features (LP-FT) or at random.")
     group_by_length: bool = Field(True, description="Batch texts of similar length together so less padding is computed.")
     eval_every: Literal["epoch"] | int = Field("epoch", description="Evaluate on dev every epoch, or every N optimizer steps.")
     metric_for_best: str = Field("macro_f1", description="Dev metric that selects the best checkpoint and drives early stopping.")

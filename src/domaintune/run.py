@@ -28,7 +28,8 @@ from domaintune.methods import get_method
 from domaintune.models import licence_of, resolve_model
 from domaintune.tasks import get_task
 from domaintune.training.checkpoint import atomic_dir, atomic_write_json, atomic_write_text
-from domaintune.training.loop import Trainer, predict_logits
+from domaintune.methods.head_init import probe_init_head
+from domaintune.training.loop import Trainer, predict_logits, set_threads, use_bf16
 
 log = logging.getLogger("domaintune")
 
@@ -91,6 +92,13 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
         logits = predict_logits(model, features, task.collate, pad_id, cfg.train.eval_batch_size, bf16)
         return task.metrics(targets, task.predictions(logits), labelmap.labels)
 
+    probe, probe_seconds = None, 0.0
+    if cfg.train.head_init == "probe" and not (resume and (run_dir / "checkpoints" / "latest.json").exists()):
+        t0 = time.perf_counter()
+        set_threads(cfg.train.num_threads)
+        probe = probe_init_head(model, feats["train"], ids["train"], task.collate, pad_id, use_bf16(cfg.train.precision))
+        probe_seconds = time.perf_counter() - t0
+
     trainer = Trainer(model, method, task.collate, pad_id, feats["train"],
                       evaluate=lambda m, bf16: score(feats["dev"], ids["dev"], bf16),
                       cfg=cfg.train, run_dir=run_dir, has_dev=bool(splits.dev))
@@ -126,7 +134,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
         "data": {"train_examples": len(splits.train), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
                  "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,
                  "warnings": [str(w) for w in splits.warnings]},
-        "train": {"seconds": round(result.seconds, 3), "samples_per_second": round(result.samples_per_second, 2),
+        "train": {"seconds": round(result.seconds + probe_seconds, 3), "samples_per_second": round(result.samples_per_second, 2),
+                  "head_init": cfg.train.head_init, "head_init_seconds": round(probe_seconds, 2), "probe": probe,
                   "peak_rss_mb": round(peak_rss_mb(), 1), "global_step": result.global_step,
                   "epochs_completed": round(result.epochs_completed, 3), "best_step": result.best_step,
                   "best_dev_metric": result.best_metric, "stopped_early": result.stopped_early, "bf16": result.bf16,
