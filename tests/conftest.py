@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from support import tiny_config_path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -44,3 +46,15 @@ def tiny_splits(tmp_path_factory, demo_rows) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {"train": write_csv(root / "train.csv", train), "dev": write_csv(root / "dev.csv", dev),
             "test": write_csv(root / "test.csv", test)}
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_splits) -> Path:
+    """One real fine-tuning run shared by the integration tests that only read it."""
+    from domaintune.config import load_config
+    from domaintune.run import train_run
+
+    root = tmp_path_factory.mktemp("runs")
+    cfg = load_config(tiny_config_path(root, tiny_splits, root / "tiny", epochs=2))
+    train_run(cfg)
+    return root / "tiny"

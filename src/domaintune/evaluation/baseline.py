@@ -33,7 +33,7 @@ def majority_baseline(train_ids: list[int], test_ids: list[int], labels: list[st
 @torch.inference_mode()
 def embed(model_dir, features: list[dict], pad_id: int, batch_size: int = 128) -> np.ndarray:
     """Mean-pooled last hidden states of the pretrained encoder, in input order."""
-    encoder = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    encoder = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, weights_only=True).eval()
     lengths = [len(f["input_ids"]) for f in features]
     out = np.zeros((len(features), encoder.config.hidden_size), dtype=np.float32)
     for idx in inference_batches(lengths, batch_size):

@@ -33,7 +33,8 @@ class ClassificationTask(Task):
             kwargs.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
         return AutoModelForSequenceClassification.from_pretrained(
             str(model_dir), num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={l: i for i, l in enumerate(labels)}, dtype=torch.float32, **kwargs)
+            label2id={l: i for i, l in enumerate(labels)}, dtype=torch.float32,
+            weights_only=True, **kwargs)  # a packaged .bin (m3e-small) must never run pickled code
 
     def encode(self, tokenizer, texts, targets, max_length):
         enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
