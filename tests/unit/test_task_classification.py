@@ -8,7 +8,7 @@ from domaintune.tasks import TASKS, get_task
 
 def tiny_model(num_labels=3):
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, initializer_range=0.5,
                      num_labels=num_labels)
     return BertForSequenceClassification(cfg)
 
