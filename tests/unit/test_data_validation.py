@@ -105,7 +105,7 @@ def test_jsonl_and_parquet(tmp_path):
 
 def test_many_problems_one_message(tmp_path):
     train = tmp_path / "train.csv"
-    train.write_text("text,label\n" + "".join(f",x\n" for _ in range(50)) + rows(), encoding="utf-8")
+    train.write_text("text,label\n" + "".join(",x\n" for _ in range(50)) + rows(), encoding="utf-8")
     with pytest.raises(DataError) as e:
         prepare_data(cfg_for(train))
     msg = str(e.value)

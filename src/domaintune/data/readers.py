@@ -78,7 +78,7 @@ def _decode_lines(raw: bytes, path: str, encoding: str, problems: list[Problem])
         except UnicodeDecodeError as e:
             bad.add(i)
             problems.append(Problem(path, i, f"bytes not valid {encoding} at column {e.start + 1} ({line[e.start:e.start + 4]!r})",
-                                    f"re-save the file as UTF-8 or set data.encoding (e.g. gbk, latin-1)"))
+                                    "re-save the file as UTF-8 or set data.encoding (e.g. gbk, latin-1)"))
             out.append("")
     return "\n".join(out), bad
 
@@ -116,6 +116,15 @@ def _cell(value, path: str, line: int, role: str, problems: list[Problem]) -> st
         problems.append(Problem(path, line, f"empty {role}", f"fill in the {role} or remove the row"))
         return None
     return text
+
+
+def _example(text, label, has_label: bool, name: str, line: int, problems: list[Problem]) -> Example | None:
+    """Validate one row's cells into an Example; None (with problems recorded) when unusable."""
+    t = _cell(text, name, line, "text", problems)
+    lab = _cell(label, name, line, "label", problems) if has_label else None
+    if t is None or (has_label and lab is None):
+        return None
+    return Example(t, lab.strip() if lab is not None else None, name, line)
 
 
 def _rows_delimited(text: str, path: str, opts: ReadOptions, fmt: str):
@@ -171,11 +180,9 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
             problems.append(Problem(name, line, f"row has {len(row)} fields, expected {width}",
                                     "check the delimiter (data.delimiter) and quoting of this row"))
             continue
-        t = _cell(row[ti], name, line, "text", problems)
-        lab = _cell(row[li], name, line, "label", problems) if li is not None else None
-        if t is None or (li is not None and lab is None):
-            continue
-        out.append(Example(t, lab.strip() if lab is not None else None, name, line))
+        ex = _example(row[ti], row[li] if li is not None else None, li is not None, name, line, problems)
+        if ex is not None:
+            out.append(ex)
     return out
 
 
@@ -204,11 +211,9 @@ def _read_jsonl(text: str, name: str, opts: ReadOptions, problems: list[Problem]
                 problems.append(Problem(name, i, f"no {role} field {c!r}; keys are {sorted(obj)}",
                                         f"set data.{role}_column to the key that holds the {role}"))
             continue
-        t = _cell(obj[tcol], name, i, "text", problems)
-        lab = _cell(obj[lcol], name, i, "label", problems) if lcol is not None else None
-        if t is None or (lcol is not None and lab is None):
-            continue
-        out.append(Example(t, lab.strip() if lab is not None else None, name, i))
+        ex = _example(obj[tcol], obj[lcol] if lcol is not None else None, lcol is not None, name, i, problems)
+        if ex is not None:
+            out.append(ex)
     if not out and not problems:
         problems.append(Problem(name, None, "file has no rows"))
     return out
@@ -231,11 +236,9 @@ def _read_parquet(p: Path, name: str, opts: ReadOptions, problems: list[Problem]
     labels = table.column(li).to_pylist() if li is not None else [None] * len(texts)
     out = []
     for row, (t, lab) in enumerate(zip(texts, labels), start=1):  # parquet "line" = 1-based row number
-        t = _cell(t, name, row, "text", problems)
-        lab = _cell(lab, name, row, "label", problems) if li is not None else None
-        if t is None or (li is not None and lab is None):
-            continue
-        out.append(Example(t, lab.strip() if lab is not None else None, name, row))
+        ex = _example(t, lab, li is not None, name, row, problems)
+        if ex is not None:
+            out.append(ex)
     return out
 
 

@@ -26,9 +26,9 @@ import importlib.util
 import logging
 import math
 import numbers
+import io
 import os
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -117,27 +117,13 @@ def _short(label: object, limit: int = _MAX_LABEL_CHARS) -> str:
 
 
 def _save_atomic(fig: Figure, path: str | os.PathLike, dpi: int) -> Path:
-    """Render ``fig`` to PNG at ``path`` via temp file + fsync + os.replace."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Render ``fig`` to PNG and write it at ``path`` atomically (temp file, fsync, rename)."""
+    from domaintune.training.checkpoint import atomic_write_bytes
+
     FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return target
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def confusion_matrix_png(matrix, labels: Sequence[str], path, title: str = "Confusion matrix (test)",
