@@ -19,8 +19,8 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from domaintune.data import DataError, LabelMap, Problem, ReadOptions, read_examples
-from domaintune.data.readers import detect_format
+from domaintune.data import DataError, LabelMap, Problem, ReadOptions
+from domaintune.data.readers import detect_format, stream_records
 from domaintune.tasks import get_task
 from domaintune.training.batching import inference_batches
 from domaintune.training.loop import set_threads
@@ -84,61 +84,63 @@ class Predictor:
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, opts: ReadOptions | None = None,
                      chunk: int = 1024, progress=None) -> int:
-        """Copy a CSV/TSV/JSONL file with `label` and `score` added; written atomically."""
+        """Copy a CSV/TSV/JSONL file with `label` and `score` added, streaming it in chunks.
+
+        A first pass checks every row (so all problems come in one message and
+        the progress bar knows its total); the second predicts `chunk` rows at a
+        time, so memory stays flat however large the file. The output is a temp
+        file renamed into place at the end: an interrupted run leaves any
+        earlier output intact.
+        """
         src, dst = Path(input_path), Path(output_path)
         opts = opts or ReadOptions(label_column=None)
         opts = ReadOptions(opts.format, opts.text_column, None, opts.delimiter, opts.encoding, opts.has_header)
         fmt = detect_format(src, opts.format)
         problems: list[Problem] = []
-        examples = read_examples(src, opts, problems)
+        total = sum(1 for _line, text, _rec in stream_records(src, opts, problems) if text is not None)
         if [p for p in problems if not p.warning]:
             raise DataError(problems)
-        by_line = {ex.line: ex.text for ex in examples}
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
         n = 0
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
                 if fmt == "jsonl":
-                    lines = src.read_text(encoding=opts.encoding).lstrip("\ufeff").split("\n")
-                    keyed = [(i, json.loads(l)) for i, l in enumerate(lines, start=1) if l.strip()]
-                    for start in range(0, len(keyed), chunk):
-                        part = keyed[start:start + chunk]
-                        preds = self.predict([by_line[i] for i, _ in part])
-                        for (_, obj), p in zip(part, preds):
-                            obj.update(label=p["label"], score=round(p["score"], 6))
-                            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-                        n += len(part)
-                        if progress:
-                            progress(n, len(keyed))
+                    def write(rec, pred):
+                        rec.update(label=pred["label"], score=round(pred["score"], 6))
+                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 else:
-                    n = self._predict_delimited(src, out, opts, fmt, by_line, chunk, progress)
+                    writer = csv.writer(out, delimiter=opts.delimiter or ("," if fmt == "csv" else "\t"),
+                                        quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
+                                        escapechar=None if fmt == "csv" else "\\")
+
+                    def write(rec, pred):
+                        writer.writerow(rec + [pred["label"], f"{pred['score']:.6f}"])
+                buf: list[tuple[str, object]] = []
+
+                def flush() -> int:
+                    for (_t, rec), pred in zip(buf, self.predict([t for t, _ in buf])):
+                        write(rec, pred)
+                    k = len(buf)
+                    buf.clear()
+                    return k
+
+                for _line, text, rec in stream_records(src, opts, []):
+                    if text is None:  # the header row of a delimited file
+                        writer.writerow(list(rec) + ["label", "score"])
+                        continue
+                    buf.append((text, rec))
+                    if len(buf) >= chunk:
+                        n += flush()
+                        if progress:
+                            progress(n, total)
+                n += flush()
+                if progress:
+                    progress(n, total)
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, dst)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return n
-
-    def _predict_delimited(self, src, out, opts, fmt, by_line, chunk, progress) -> int:
-        from domaintune.data.readers import _rows_delimited  # same parsing as training data
-
-        text = src.read_bytes().decode(opts.encoding).lstrip("\ufeff")
-        delimiter = opts.delimiter or ("," if fmt == "csv" else "\t")
-        writer = csv.writer(out, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
-                            escapechar=None if fmt == "csv" else "\\")
-        rows = [(ln, r) for ln, _last, r in _rows_delimited(text, str(src), opts, fmt) if r and any(c.strip() for c in r)]
-        if opts.has_header and rows:
-            writer.writerow(rows[0][1] + ["label", "score"])
-            rows = rows[1:]
-        n = 0
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            preds = self.predict([by_line.get(ln, "") for ln, _ in part])
-            for (_, row), p in zip(part, preds):
-                writer.writerow(row + [p["label"], f"{p['score']:.6f}"])
-            n += len(part)
-            if progress:
-                progress(n, len(rows))
         return n

@@ -83,3 +83,33 @@ def test_evaluate_cli_matches_metrics_json(trained_run, tiny_splits, tmp_path):
     want = json.loads((trained_run / "metrics.json").read_text())["test"]
     assert set(got) == set(want)
     assert abs(got["accuracy"] - want["accuracy"]) < 1e-9 and got["confusion_matrix"] == want["confusion_matrix"]
+
+
+def test_predict_file_streams_in_chunks_and_keeps_rows(trained_run, tmp_path):
+    """More rows than one chunk, a quoted multi-line text, a BOM: every row comes back, in order."""
+    texts = [TEXTS[i % 3] + f" (ticket {i})" for i in range(23)]
+    texts[5] = "Line one of a long note,\nline two: 电机过热，已停机"
+    src = tmp_path / "many.csv"
+    with open(src, "w", newline="", encoding="utf-8-sig") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "text"])
+        w.writerows([(i, t) for i, t in enumerate(texts)])
+    seen = []
+    pred = Predictor(trained_run)
+    n = pred.predict_file(src, tmp_path / "many_out.csv", chunk=4, progress=lambda done, total: seen.append((done, total)))
+    rows = list(csv.DictReader(open(tmp_path / "many_out.csv", encoding="utf-8")))
+    assert n == 23 and [r["id"] for r in rows] == [str(i) for i in range(23)]
+    assert rows[5]["text"] == texts[5]
+    assert [r["label"] for r in rows] == pred.predict_labels(texts)
+    assert seen[-1] == (23, 23) and len(seen) == 6
+
+
+def test_predict_file_bad_rows_listed_and_old_output_kept(trained_run, tmp_path):
+    src = tmp_path / "bad.csv"
+    src.write_bytes(b"id,text\n1,Pump seal leaking\n2,\xff\xfe broken bytes\n3,\n")
+    dst = tmp_path / "out.csv"
+    dst.write_text("previous output\n")
+    r = CliRunner().invoke(app, ["predict", str(trained_run), "--input", str(src), "--output", str(dst)])
+    assert r.exit_code != 0
+    assert f"{src}:3" in r.output and "utf-8" in r.output and f"{src}:4" in r.output and "empty text" in r.output
+    assert dst.read_text() == "previous output\n"

@@ -247,3 +247,79 @@ def read_texts(path: str | Path, opts: ReadOptions) -> tuple[list[Example], list
     problems: list[Problem] = []
     ex = read_examples(path, ReadOptions(opts.format, opts.text_column, None, opts.delimiter, opts.encoding, opts.has_header), problems)
     return ex, problems
+
+
+def _stream_lines(path: Path, encoding: str, problems: list[Problem]):
+    """Decoded lines of a file, read one at a time: prediction inputs may not fit in memory.
+
+    An undecodable line is recorded as a problem and replaced by an empty one,
+    so line numbers stay true and the remaining rows are still checked.
+    """
+    name = str(path)
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, start=1):
+            if i == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield raw.decode(encoding)
+            except UnicodeDecodeError as e:
+                problems.append(Problem(name, i, f"bytes not valid {encoding} at column {e.start + 1} ({raw[e.start:e.start + 4]!r})",
+                                        "re-save the file as UTF-8 or set --encoding (e.g. gbk, latin-1)"))
+                yield "\n"
+
+
+def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem]):
+    """Yield `(line, text, record)` for every row of a CSV/TSV/JSONL file without loading it whole.
+
+    `record` is the parsed row (list of fields, header row first when the file
+    has one, with text None) or the JSON object, so a caller can write it back
+    with columns added. Problems (bad bytes, missing column, empty text) are
+    appended to `problems`; their rows yield text None.
+    """
+    p, name = Path(path), str(path)
+    fmt = detect_format(p, opts.format)
+    if fmt == "parquet":
+        raise ValueError(f"{name}: parquet input cannot be streamed; convert it to CSV or JSONL")
+    if not p.is_file():
+        problems.append(Problem(name, None, "file not found", "check the --input path"))
+        return
+    lines = _stream_lines(p, opts.encoding, problems)
+    if fmt == "jsonl":
+        tcol = str(opts.text_column)
+        for i, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                problems.append(Problem(name, i, f"not valid JSON: {e.msg}", "each line must be one JSON object"))
+                continue
+            if not isinstance(obj, dict) or tcol not in obj:
+                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+                problems.append(Problem(name, i, f"no text field {tcol!r} (got {keys})", "set --text-column to the key that holds the text"))
+                continue
+            yield i, _cell(obj[tcol], name, i, "text", problems), obj
+        return
+    delimiter = opts.delimiter or ("," if fmt == "csv" else "\t")
+    quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
+    ti = None
+    start = 0
+    for row in reader:
+        line, start = start + 1, reader.line_num
+        if not row or not any(c.strip() for c in row):
+            continue
+        if ti is None:
+            header = [h.strip() for h in row] if opts.has_header else [str(i) for i in range(len(row))]
+            ti = _column_index(header, opts.text_column, "text", name, problems)
+            if ti is None:
+                return
+            if opts.has_header:
+                yield line, None, row
+                continue
+        if len(row) <= ti:
+            problems.append(Problem(name, line, f"row has {len(row)} fields, text column is {ti}",
+                                    "check the delimiter (--delimiter) and quoting of this row"))
+            yield line, None, row
+            continue
+        yield line, _cell(row[ti], name, line, "text", problems), row
