@@ -93,15 +93,18 @@ def train(config: Path = typer.Argument(..., help="YAML config file."),
 
 
 def _print_summary(metrics: dict) -> None:
+    from domaintune.evaluation.report import BASELINE_NAMES, _fmt
+
     test, base = metrics.get("test") or {}, metrics.get("baseline") or {}
+    keys = metrics.get("headline") or ["accuracy", "macro_f1"]
     table = Table(title=f"{metrics['name']}: test scores")
-    for col in ("model", "accuracy %", "macro-F1 %"):
-        table.add_column(col)
-    for name, key in (("majority class", "majority"), ("frozen encoder + linear head", "frozen_linear")):
-        if key in base:
-            table.add_row(name, f"{100 * base[key]['accuracy']:.2f}", f"{100 * base[key]['macro_f1']:.2f}")
+    table.add_column("model")
+    for k in keys[:4]:
+        table.add_column(k)
+    for key, m in base.items():
+        table.add_row(BASELINE_NAMES.get(key, key), *(_fmt(k, m.get(k)) for k in keys[:4]))
     if test:
-        table.add_row("fine-tuned", f"{100 * test['accuracy']:.2f}", f"{100 * test['macro_f1']:.2f}")
+        table.add_row("fine-tuned", *(_fmt(k, test.get(k)) for k in keys[:4]))
     out.print(table)
     t = metrics["train"]
     out.print(f"trained in {t['seconds']:.1f} s ({t['samples_per_second']:.0f} samples/s, "
@@ -131,15 +134,17 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run directory.
         metrics = evaluate_run(run_dir, data, opts, output, predictor=predictor)
     except USER_ERRORS as e:
         _fail(e)
-    out.print(f"accuracy {100 * metrics['accuracy']:.2f} %  macro-F1 {100 * metrics['macro_f1']:.2f} %  "
-              f"weighted-F1 {100 * metrics['weighted_f1']:.2f} %  (n={metrics['n']})")
+    from domaintune.evaluation.report import _fmt
+
+    out.print("  ".join(f"{k} {_fmt(k, metrics.get(k))}" for k in predictor.task.headline) + f"  (n={metrics.get('n')})")
     if output:
         out.print(f"metrics written to {output}")
 
 
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."),
-            text: list[str] = typer.Option([], "--text", help="Text to classify (repeatable)."),
+            text: list[str] = typer.Option([], "--text", help="Text to predict on (repeatable)."),
+            text_pair: list[str] = typer.Option([], "--text-pair", help="Second text for pair tasks, one per --text."),
             input_: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts."),
             output: Optional[Path] = typer.Option(None, "--output", help="Where to write the file with label, score added."),
             top_k: int = typer.Option(3, "--top-k", help="How many labels to show per text."),
@@ -157,9 +162,11 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
     try:
         predictor = Predictor(run_dir)
         if text:
-            for t, p in zip(text, predictor.predict(text, top_k=top_k)):
-                alts = ", ".join(f"{a['label']} {a['score']:.3f}" for a in p["top_k"])
-                out.print(f"{p['label']}\t{p['score']:.4f}\t{t}\n  top-{top_k}: {alts}", highlight=False)
+            if text_pair and len(text_pair) != len(text):
+                raise ValueError(f"give one --text-pair per --text ({len(text)} texts, {len(text_pair)} pairs)")
+            inputs = list(zip(text, text_pair)) if text_pair else list(text)
+            for t, p in zip(text, predictor.predict(inputs, top_k=top_k)):
+                out.print(f"{t}\n  {predictor.task.format_prediction(p)}", highlight=False)
         if input_:
             from rich.progress import Progress
 

@@ -29,13 +29,20 @@ class DataConfig(_Strict):
     train: str | None = Field(None, description="Training file (csv, tsv, jsonl, parquet); required for `train`.")
     dev: str | None = Field(None, description="Dev file for early stopping and best-checkpoint selection; split from train when empty.")
     test: str | None = Field(None, description="Test file for the final report; split from train when empty.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet"] = Field(
-        "auto", description="File format; `auto` decides from the extension (.csv .tsv .txt .jsonl .json .parquet).")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "conll"] = Field(
+        "auto", description="File format; `auto` decides from the extension (.csv .tsv .txt .jsonl .parquet; .conll .bmes .bio for NER). "
+                            "`file.json#train,oos_train` reads named splits of one JSON object.")
     text_column: str | int = Field("text", description="Column holding the text: a header name, or a 0-based index when has_header is false.")
     label_column: str | int = Field("label", description="Column holding the label: a header name, or a 0-based index.")
     delimiter: str | None = Field(None, description="Field separator for delimited text files; default ',' for csv and tab for tsv/txt.")
     encoding: str = Field("utf-8", description="Text encoding of the files; a UTF-8 byte-order mark is always stripped.")
     has_header: bool = Field(True, description="Whether the first line of a delimited file is a header.")
+    text_pair_column: str | int | None = Field(None, description="Second text column for `task: pair` (e.g. the other question).")
+    feature_columns: list[str | int] = Field(default_factory=list, description="Numeric columns fused with the text for `task: regression` (e.g. price, week).")
+    label_separator: str = Field("|", description="Separator between labels in one cell for `task: multilabel` (a JSON list cell also works).")
+    tag_scheme: Literal["auto", "BIO", "BIOES", "BMES"] = Field("auto", description="NER tag scheme of the files; `auto` detects it. Reports use the same scheme.")
+    oos_label: str | None = Field(None, description="Label that marks out-of-scope examples (e.g. `oos`); tunes an abstain threshold on dev.")
+    faq: str | None = Field(None, description="FAQ file (question, answer, optional id) that `task: retrieval` searches.")
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as dev when `dev` is empty (stratified, seeded).")
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as test when `test` is empty (stratified, seeded).")
 
@@ -57,7 +64,8 @@ class TrainConfig(_Strict):
         "probe", description="Start the head from a linear probe on frozen features (LP-FT) or at random.")
     group_by_length: bool = Field(True, description="Batch texts of similar length together so less padding is computed.")
     eval_every: Literal["epoch"] | int = Field("epoch", description="Evaluate on dev every epoch, or every N optimizer steps.")
-    metric_for_best: str = Field("macro_f1", description="Dev metric that selects the best checkpoint and drives early stopping.")
+    metric_for_best: str | None = Field(None, description="Dev metric that selects the best checkpoint and drives early stopping; empty uses the task's default (macro_f1, f1, spearman, mrr...).")
+    loss: Literal["auto", "mse", "huber"] = Field("auto", description="Regression loss (`auto` is MSE on standardised targets); other tasks use their natural loss.")
     early_stopping_patience: int | None = Field(None, ge=1, description="Stop after this many evaluations without improvement; empty disables.")
     save_every_steps: int | None = Field(None, ge=1, description="Also write the resumable checkpoint every N optimizer steps (always at every evaluation).")
     log_every: int = Field(20, ge=1, description="Optimizer steps between log lines in train_log.jsonl.")
@@ -67,7 +75,7 @@ class TrainConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    task: str = Field("classification", description="Task type: classification.")
+    task: str = Field("classification", description="Task type: classification, multilabel, ner, regression, pair, retrieval.")
     method: str = Field("full", description="How weights adapt: full (fine-tune all weights).")
     model: str = Field("minilm-l6", description="Catalog name (see `domaintune models`) or a local Hugging Face folder.")
     output_dir: str = Field("runs/default", description="Run directory to write; an existing finished run is not overwritten without --overwrite.")
@@ -188,13 +196,13 @@ def template() -> str:
         if name in ("data", "train"):
             continue
         out.append(f"# {field.description}")
-        out.append(f"{name}: {_yaml_scalar(field.default)}")
+        out.append(f"{name}: {_yaml_scalar(field.get_default(call_default_factory=True))}")
     for section, model in (("data", DataConfig), ("train", TrainConfig)):
         out.append("")
         out.append(f"{section}:  # {RunConfig.model_fields[section].description}")
         for name, field in model.model_fields.items():
             out.append(f"  # {field.description}")
-            out.append(f"  {name}: {_yaml_scalar(field.default)}")
+            out.append(f"  {name}: {_yaml_scalar(field.get_default(call_default_factory=True))}")
     return "\n".join(out) + "\n"
 
 
@@ -203,8 +211,8 @@ def reference_markdown() -> str:
     rows = ["| key | default | description |", "|---|---|---|"]
     for name, field in RunConfig.model_fields.items():
         if name not in ("data", "train"):
-            rows.append(f"| `{name}` | `{_yaml_scalar(field.default)}` | {field.description} |")
+            rows.append(f"| `{name}` | `{_yaml_scalar(field.get_default(call_default_factory=True))}` | {field.description} |")
     for section, model in (("data", DataConfig), ("train", TrainConfig)):
         for name, field in model.model_fields.items():
-            rows.append(f"| `{section}.{name}` | `{_yaml_scalar(field.default)}` | {field.description} |")
+            rows.append(f"| `{section}.{name}` | `{_yaml_scalar(field.get_default(call_default_factory=True))}` | {field.description} |")
     return "\n".join(rows) + "\n"

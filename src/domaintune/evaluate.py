@@ -4,30 +4,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domaintune.data import DataError, Problem, ReadOptions, read_examples
+from domaintune.config import DataConfig
+from domaintune.data import DataError, Problem, ReadOptions
 from domaintune.predictor import Predictor
 from domaintune.training.checkpoint import atomic_write_json
+
+
+def data_config_for(predictor: Predictor, opts: ReadOptions | None) -> DataConfig:
+    """The run's own reader settings, with any reader options given on the command line on top."""
+    d = DataConfig.model_validate({k: v for k, v in (predictor.config.get("data") or {}).items()
+                                   if k in DataConfig.model_fields})
+    if opts is not None:
+        d = d.model_copy(update={"format": opts.format, "text_column": opts.text_column, "label_column": opts.label_column,
+                                 "delimiter": opts.delimiter, "encoding": opts.encoding, "has_header": opts.has_header})
+    return d
 
 
 def evaluate_run(run_dir: str | Path, data_path: str | Path, opts: ReadOptions | None = None,
                  output: str | Path | None = None, predictor: Predictor | None = None) -> dict:
     predictor = predictor or Predictor(run_dir)
-    if opts is None:
-        d = predictor.config.get("data", {})
-        opts = ReadOptions(format=d.get("format", "auto"), text_column=d.get("text_column", "text"),
-                           label_column=d.get("label_column", "label"), delimiter=d.get("delimiter"),
-                           encoding=d.get("encoding", "utf-8"), has_header=d.get("has_header", True))
     problems: list[Problem] = []
-    examples = read_examples(data_path, opts, problems)
-    known = {l: i for i, l in enumerate(predictor.labels)}
-    for ex in examples:
-        if ex.label not in known:
-            problems.append(Problem(ex.source, ex.line, f"label {ex.label!r} is not one the model was trained on",
-                                    f"use one of {predictor.labels[:10]}{' ...' if len(predictor.labels) > 10 else ''}"))
+    examples = predictor.task.read(str(data_path), data_config_for(predictor, opts), problems)
+    predictor.task.check_known(examples, problems)
     if [p for p in problems if not p.warning]:
         raise DataError(problems)
-    logits = predictor.logits([ex.text for ex in examples])
-    metrics = predictor.task.metrics([known[ex.label] for ex in examples], predictor.task.predictions(logits), predictor.labels)
+    metrics = predictor.evaluate(examples)
     if output:
         atomic_write_json(output, metrics)
     return metrics

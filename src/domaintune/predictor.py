@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -20,15 +21,16 @@ import yaml
 from transformers import AutoTokenizer
 
 from domaintune.data import DataError, LabelMap, Problem, ReadOptions
-from domaintune.data.readers import detect_format, stream_records
-from domaintune.tasks import get_task
-from domaintune.training.batching import inference_batches
+from domaintune.data.readers import Example, detect_format, stream_records
+from domaintune.tasks import EvalContext, get_task
 from domaintune.training.loop import set_threads
 
 log = logging.getLogger("domaintune")
 
 
 class Predictor:
+    """Loads a run directory once; predicts for strings, (text, text_pair) pairs or whole files."""
+
     def __init__(self, run_dir: str | Path, batch_size: int = 64, num_threads: int | None = None):
         self.run_dir = Path(run_dir)
         model_dir = self.run_dir / "model"
@@ -38,42 +40,50 @@ class Predictor:
         cfg_path = self.run_dir / "config.yaml"
         self.config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
         self.task = get_task(self.config.get("task", "classification"))
+        state_path, labels_path = self.run_dir / "task.json", self.run_dir / "labels.json"
+        if state_path.is_file():
+            self.task.load_state(json.loads(state_path.read_text(encoding="utf-8")))
+        elif labels_path.is_file():
+            self.task.load_state({"labels": list(LabelMap.load(labels_path).labels)})
         self.max_length = int(self.config.get("train", {}).get("max_length", 512))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = self.task.auto_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-        labels_path = self.run_dir / "labels.json"
-        if labels_path.is_file():
-            self.labels = list(LabelMap.load(labels_path).labels)
-        else:
-            self.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.model = self.task.load_model(model_dir)
+        if not self.task.labels and getattr(self.model.config, "id2label", None) and self.task.name == "classification":
+            self.task.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
+        self.labels = self.task.labels
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.batch_size = batch_size
         set_threads(num_threads)
 
-    @torch.inference_mode()
-    def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        feats = self.task.encode(self.tokenizer, texts, None, self.max_length)
-        lengths = [len(f["input_ids"]) for f in feats]
-        out = torch.empty((len(texts), self.model.config.num_labels))
-        for idx in inference_batches(lengths, self.batch_size):
-            batch = self.task.collate([feats[i] for i in idx], self.pad_id)
-            out[idx] = self.model(**batch).logits.float()
-        return out
+    def context(self) -> EvalContext:
+        return EvalContext(self.tokenizer, self.pad_id, self.batch_size, self.max_length, False)
 
-    def predict(self, texts: str | Sequence[str], top_k: int = 1) -> list[dict]:
-        """Label, score and the top-k labels for each text (a single string gives a one-item list)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts:
+    def examples(self, inputs) -> list[Example]:
+        return [self.task.as_example(x) for x in inputs]
+
+    def features(self, examples: Sequence[Example], with_targets: bool = False) -> list[dict]:
+        return self.task.encode(self.tokenizer, examples, self.max_length, with_targets=with_targets)
+
+    @torch.inference_mode()
+    def predict(self, inputs, top_k: int = 1) -> list[dict]:
+        """Predictions for each input (a single string or (text, text_pair) gives a one-item list)."""
+        if isinstance(inputs, (str, Example)) or (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], str)):
+            inputs = [inputs]
+        examples = self.examples(inputs)
+        if not examples:
             return []
-        return self.task.decode(self.logits(list(texts)), self.labels, top_k)
+        return self.task.predict(self.model, examples, self.features(examples), self.context(), top_k)
 
     def predict_labels(self, texts: Sequence[str]) -> list[str]:
-        return [p["label"] for p in self.predict(texts)]
+        return [p["label"] for p in self.predict(list(texts))]
 
-    def predict_stream(self, texts: Iterable[str], chunk: int = 1024, top_k: int = 1) -> Iterator[dict]:
+    def evaluate(self, examples: Sequence[Example]) -> dict:
+        """Metrics on labelled examples, with the same keys as metrics.json's `test`."""
+        return self.task.evaluate(self.model, examples, self.features(examples, with_targets=True), self.context())
+
+    def predict_stream(self, texts: Iterable, chunk: int = 1024, top_k: int = 1) -> Iterator[dict]:
         """Predict an arbitrarily long stream in bounded memory."""
-        buf: list[str] = []
+        buf: list = []
         for t in texts:
             buf.append(t)
             if len(buf) >= chunk:
@@ -93,11 +103,13 @@ class Predictor:
         earlier output intact.
         """
         src, dst = Path(input_path), Path(output_path)
-        opts = opts or ReadOptions(label_column=None)
-        opts = ReadOptions(opts.format, opts.text_column, None, opts.delimiter, opts.encoding, opts.has_header)
+        opts = replace(opts or ReadOptions(), label_column=None)
+        run_pair = (self.config.get("data") or {}).get("text_pair_column")
+        if opts.text_pair_column is None and run_pair is not None:
+            opts = replace(opts, text_pair_column=run_pair)
         fmt = detect_format(src, opts.format)
         problems: list[Problem] = []
-        total = sum(1 for _line, text, _rec in stream_records(src, opts, problems) if text is not None)
+        total = sum(1 for _line, ex, _rec in stream_records(src, opts, problems) if ex is not None)
         if [p for p in problems if not p.warning]:
             raise DataError(problems)
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +119,7 @@ class Predictor:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
                 if fmt == "jsonl":
                     def write(rec, pred):
-                        rec.update(label=pred["label"], score=round(pred["score"], 6))
+                        rec.update(self.task.output_fields(pred))
                         out.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 else:
                     writer = csv.writer(out, delimiter=opts.delimiter or ("," if fmt == "csv" else "\t"),
@@ -115,7 +127,7 @@ class Predictor:
                                         escapechar=None if fmt == "csv" else "\\")
 
                     def write(rec, pred):
-                        writer.writerow(rec + [pred["label"], f"{pred['score']:.6f}"])
+                        writer.writerow(rec + [_cell_text(v) for v in self.task.output_fields(pred).values()])
                 buf: list[tuple[str, object]] = []
 
                 def flush() -> int:
@@ -125,11 +137,11 @@ class Predictor:
                     buf.clear()
                     return k
 
-                for _line, text, rec in stream_records(src, opts, []):
-                    if text is None:  # the header row of a delimited file
-                        writer.writerow(list(rec) + ["label", "score"])
+                for _line, ex, rec in stream_records(src, opts, []):
+                    if ex is None:  # the header row of a delimited file
+                        writer.writerow(list(rec) + list(self.task.output_fields({})))
                         continue
-                    buf.append((text, rec))
+                    buf.append((ex, rec))
                     if len(buf) >= chunk:
                         n += flush()
                         if progress:
@@ -144,3 +156,14 @@ class Predictor:
             Path(tmp).unlink(missing_ok=True)
             raise
         return n
+
+
+def _cell_text(v) -> str:
+    """A prediction value as one CSV cell: floats with 6 decimals, lists/dicts as JSON."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    if isinstance(v, (list, dict)):
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)

@@ -21,12 +21,11 @@ from transformers import AutoTokenizer
 
 from domaintune.config import RunConfig, dump_config
 from domaintune.data import LabelMap, Splits, prepare_data
-from domaintune.evaluation.baseline import frozen_linear_baseline, majority_baseline
 from domaintune.evaluation.metrics import summary
 from domaintune.evaluation.report import write_report
 from domaintune.methods import get_method
 from domaintune.models import licence_of, resolve_model
-from domaintune.tasks import get_task
+from domaintune.tasks import EvalContext, get_task
 from domaintune.training.checkpoint import atomic_dir, atomic_write_json, atomic_write_text
 from domaintune.methods.head_init import probe_init_head
 from domaintune.training.loop import Trainer, predict_logits, set_threads, use_bf16
@@ -60,8 +59,14 @@ def _check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
 def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, splits: Splits | None = None) -> dict:
     """Train, evaluate and write a complete run directory; return metrics.json's content."""
     t_total = time.perf_counter()
-    splits = splits or prepare_data(cfg)          # raises DataError listing every problem
+    task, method = get_task(cfg.task), get_method(cfg.method)
+    if splits is None:
+        splits = prepare_data(cfg, task)          # raises DataError listing every problem; fits the label space
+    else:
+        task.fit(splits.train)
     model_dir = resolve_model(cfg.model)          # raises ModelNotFoundError with the pip command
+    metric_for_best = cfg.train.metric_for_best or task.default_metric
+    train_cfg = cfg.train.model_copy(update={"metric_for_best": metric_for_best})
     run_dir = Path(cfg.output_dir)
     _check_run_dir(run_dir, overwrite, resume)
     if overwrite and not resume and run_dir.exists():
@@ -74,75 +79,71 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
 
     config_text = dump_config(cfg)
     atomic_write_text(run_dir / "config.yaml", config_text)
-    labelmap = LabelMap(tuple(splits.labels))
-    labelmap.save(run_dir / "labels.json")
+    if task.labels:
+        LabelMap(tuple(task.labels)).save(run_dir / "labels.json")
+    atomic_write_json(run_dir / "task.json", task.state())
 
-    task, method = get_task(cfg.task), get_method(cfg.method)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    l2i = labelmap.label2id
-    ids = {name: [l2i[ex.label] for ex in part] for name, part in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))}
-    feats = {name: task.encode(tokenizer, [ex.text for ex in part], ids[name], cfg.train.max_length)
-             for name, part in (("train", splits.train), ("dev", splits.dev), ("test", splits.test))}
+    parts = {"train": splits.train, "dev": splits.dev, "test": splits.test}
+    feats = {name: task.encode(tokenizer, part, cfg.train.max_length) for name, part in parts.items()}
 
     seed_everything(cfg.train.seed)
-    model = method.prepare(task.build_model(model_dir, labelmap.labels, cfg.train.dropout))
+    model = method.prepare(task.build_model(model_dir, cfg.train.dropout))
 
-    def score(features, targets, bf16: bool) -> dict:
-        logits = predict_logits(model, features, task.collate, pad_id, cfg.train.eval_batch_size, bf16)
-        return task.metrics(targets, task.predictions(logits), labelmap.labels)
+    def ctx(bf16: bool) -> EvalContext:
+        return EvalContext(tokenizer, pad_id, cfg.train.eval_batch_size, cfg.train.max_length, bf16)
 
     probe, probe_seconds = None, 0.0
-    if cfg.train.head_init == "probe" and not (resume and (run_dir / "checkpoints" / "latest.json").exists()):
+    if (cfg.train.head_init == "probe" and task.supports_probe_init
+            and not (resume and (run_dir / "checkpoints" / "latest.json").exists())):
         t0 = time.perf_counter()
         set_threads(cfg.train.num_threads)
-        probe = probe_init_head(model, feats["train"], ids["train"], task.collate, pad_id, use_bf16(cfg.train.precision))
+        probe = probe_init_head(model, feats["train"], [f["labels"] for f in feats["train"]], task.collate, pad_id,
+                                use_bf16(cfg.train.precision))
         probe_seconds = time.perf_counter() - t0
 
     trainer = Trainer(model, method, task.collate, pad_id, feats["train"],
-                      evaluate=lambda m, bf16: score(feats["dev"], ids["dev"], bf16),
-                      cfg=cfg.train, run_dir=run_dir, has_dev=bool(splits.dev))
+                      evaluate=lambda m, bf16: task.evaluate(m, splits.dev, feats["dev"], ctx(bf16)),
+                      cfg=train_cfg, run_dir=run_dir, has_dev=bool(splits.dev))
     result = trainer.train(resume=resume)
 
+    # Thresholds (multi-label, out-of-scope) are tuned on dev, then saved beside the weights.
+    calibration = task.calibrate(model, splits.dev, feats["dev"], ctx(False)) if splits.dev else {}
+    atomic_write_json(run_dir / "task.json", task.state())
     # Final scores in fp32, exactly as the saved model predicts with plain transformers.
-    dev_metrics = score(feats["dev"], ids["dev"], False) if splits.dev else {}
-    test_metrics = score(feats["test"], ids["test"], False) if splits.test else {}
+    dev_metrics = task.evaluate(model, splits.dev, feats["dev"], ctx(False)) if splits.dev else {}
+    test_metrics = task.evaluate(model, splits.test, feats["test"], ctx(False)) if splits.test else {}
 
     final = method.export(model)
-    tokenizer_ = tokenizer
-
-    def write_model(tmp: Path) -> None:
-        final.save_pretrained(str(tmp))
-        tokenizer_.save_pretrained(str(tmp))
-
-    atomic_dir(run_dir / "model", write_model)
+    atomic_dir(run_dir / "model", lambda tmp: task.save_model(final, tokenizer, tmp))
 
     baseline: dict = {}
     if cfg.baseline and splits.test:
-        baseline["majority"] = majority_baseline(ids["train"], ids["test"], list(labelmap.labels))
         try:
-            baseline["frozen_linear"] = frozen_linear_baseline(model_dir, feats["train"], ids["train"], feats["test"],
-                                                               ids["test"], list(labelmap.labels), pad_id, seed=cfg.train.seed)
+            baseline = task.baselines(model_dir, splits, feats, ctx(False), cfg.train.seed)
         except Exception as e:  # noqa: BLE001 - a baseline failure must not lose a trained model
-            log.warning("frozen-encoder baseline failed: %s", e)
-        for name, m in list(baseline.items()):
+            log.warning("starting-point baseline failed: %s", e)
+        for m in baseline.values():
             m.pop("confusion_matrix", None)
 
     metrics = {
         "name": run_dir.name, "task": cfg.task, "method": cfg.method, "model": cfg.model, "model_path": str(model_dir),
-        "labels": list(labelmap.labels), "metric_for_best": cfg.train.metric_for_best,
+        "labels": list(task.labels), "metric_for_best": metric_for_best, "headline": list(task.headline),
         "data": {"train_examples": len(splits.train), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
                  "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,
                  "warnings": [str(w) for w in splits.warnings]},
         "train": {"seconds": round(result.seconds + probe_seconds, 3), "samples_per_second": round(result.samples_per_second, 2),
-                  "head_init": cfg.train.head_init, "head_init_seconds": round(probe_seconds, 2), "probe": probe,
+                  "head_init": cfg.train.head_init if task.supports_probe_init else "random",
+                  "head_init_seconds": round(probe_seconds, 2), "probe": probe,
                   "peak_rss_mb": round(peak_rss_mb(), 1), "global_step": result.global_step,
                   "epochs_completed": round(result.epochs_completed, 3), "best_step": result.best_step,
                   "best_dev_metric": result.best_metric, "stopped_early": result.stopped_early, "bf16": result.bf16,
                   "threads": result.threads, "total_seconds": round(time.perf_counter() - t_total, 2)},
+        "calibration": calibration,
         "dev": dev_metrics, "test": test_metrics, "baseline": baseline, "history": result.history,
     }
-    write_report(run_dir, metrics, config_text, list(labelmap.labels), licence_of(cfg.model))
+    write_report(run_dir, metrics, config_text, list(task.labels), licence_of(cfg.model), task)
     atomic_write_json(run_dir / "metrics.json", metrics)
     log.info("run written to %s: test %s", run_dir, {k: round(v, 4) for k, v in summary(test_metrics).items()})
     return metrics

@@ -23,7 +23,8 @@ def test_collate_pads_to_longest_in_batch_and_decode_topk():
     batch = task.collate([{"input_ids": [1, 2, 3], "labels": 0}, {"input_ids": [4], "labels": 2}], pad_id=0)
     assert batch["input_ids"].tolist() == [[1, 2, 3], [4, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]] and batch["labels"].tolist() == [0, 2]
-    out = task.decode(torch.tensor([[0.0, 2.0, 1.0]]), ["正面", "负面", "中性"], top_k=2)
+    task.labels = ["正面", "负面", "中性"]
+    out = task.decode(torch.tensor([[0.0, 2.0, 1.0]]), top_k=2)
     assert out[0]["label"] == "负面" and [t["label"] for t in out[0]["top_k"]] == ["负面", "中性"]
     assert abs(sum(torch.softmax(torch.tensor([0.0, 2.0, 1.0]), -1).tolist()) - 1) < 1e-6
 
@@ -50,3 +51,17 @@ def test_probe_init_fits_head_on_frozen_features():
     after = [p for n, p in model.named_parameters() if not n.startswith("classifier")]
     assert all(torch.equal(a, b) for a, b in zip(before, after)), "the encoder must stay frozen during the probe"
     assert model.classifier.weight.abs().sum() > 0
+
+
+def test_pair_examples_get_token_type_ids_and_collate_keeps_them():
+    from transformers import AutoTokenizer
+
+    from domaintune.data.readers import Example
+    from domaintune.models import resolve_model
+    from domaintune.tasks.classification import encode_texts
+
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("minilm-l6")))
+    feats = encode_texts(tok, [Example("how do I reset my pin", "same", text_pair="forgot pin code")], 32)
+    assert 1 in feats[0]["token_type_ids"] and len(feats[0]["token_type_ids"]) == len(feats[0]["input_ids"])
+    batch = get_task("classification").collate(feats + [{"input_ids": [101, 102], "token_type_ids": [0, 0]}], 0)
+    assert batch["token_type_ids"].shape == batch["input_ids"].shape

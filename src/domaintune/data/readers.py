@@ -14,18 +14,26 @@ import csv
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 csv.field_size_limit(1 << 24)
 
 
 @dataclass(frozen=True)
 class Example:
+    """One input row. `label` is the raw label text; the task parses it (a class,
+    a delimited label list, a number). `text_pair` and `features` are used by
+    pair and regression tasks; `extra` carries task-specific data (NER tokens)."""
+
     text: str
     label: str | None
     source: str = ""
     line: int = 0
+    text_pair: str | None = None
+    features: tuple[float, ...] | None = None
+    extra: Any = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,8 @@ class ReadOptions:
     delimiter: str | None = None
     encoding: str = "utf-8"
     has_header: bool = True
+    text_pair_column: str | int | None = None
+    feature_columns: tuple[str | int, ...] = ()
 
 
 def detect_format(path: Path, fmt: str) -> str:
@@ -118,13 +128,63 @@ def _cell(value, path: str, line: int, role: str, problems: list[Problem]) -> st
     return text
 
 
-def _example(text, label, has_label: bool, name: str, line: int, problems: list[Problem]) -> Example | None:
+def _number(value, name: str, line: int, column, problems: list[Problem]) -> float | None:
+    try:
+        x = float(str(value).strip().replace(",", "")) if not isinstance(value, (int, float)) or isinstance(value, bool) else float(value)
+    except ValueError:
+        x = None
+    if x is None or x != x or x in (float("inf"), float("-inf")):
+        problems.append(Problem(name, line, f"feature column {column!r} is not a number: {str(value)[:40]!r}",
+                                "give a plain number (e.g. 12.5), or remove the column from data.feature_columns"))
+        return None
+    return x
+
+
+def _example(text, label, has_label: bool, name: str, line: int, problems: list[Problem],
+             pair=None, has_pair: bool = False, feats: list | None = None, feat_names: list | None = None) -> Example | None:
     """Validate one row's cells into an Example; None (with problems recorded) when unusable."""
+    n_before = len(problems)
     t = _cell(text, name, line, "text", problems)
     lab = _cell(label, name, line, "label", problems) if has_label else None
-    if t is None or (has_label and lab is None):
+    tp = _cell(pair, name, line, "second text (text_pair_column)", problems) if has_pair else None
+    numbers = None
+    if feats is not None:
+        numbers = tuple(_number(v, name, line, c, problems) for v, c in zip(feats, feat_names or []))
+    if len(problems) > n_before:
         return None
-    return Example(t, lab.strip() if lab is not None else None, name, line)
+    return Example(t, lab.strip() if lab is not None else None, name, line, text_pair=tp, features=numbers)
+
+
+def _read_json_splits(path: str, opts: ReadOptions, problems: list[Problem]) -> list[Example]:
+    """`file.json#train,oos_train`: a JSON object of named splits, each a list of [text, label]
+    pairs or of objects (the clinc150 layout). Keys after '#' are read in order and joined."""
+    file, _, keys = path.partition("#")
+    try:
+        obj = json.loads(Path(file).read_text(encoding=opts.encoding))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        problems.append(Problem(file, None, f"cannot read JSON: {e}", "check the file is one JSON object of named splits"))
+        return []
+    if not isinstance(obj, dict):
+        problems.append(Problem(file, None, "top level is not an object of named splits", "use file.json#split or a JSONL file"))
+        return []
+    out: list[Example] = []
+    for key in [k.strip() for k in keys.split(",") if k.strip()]:
+        if key not in obj:
+            problems.append(Problem(file, None, f"no split {key!r}; the file has {sorted(obj)}", f"use {file}#<one of those>"))
+            continue
+        for i, item in enumerate(obj[key], start=1):
+            where = f"{path}[{key}]"
+            if isinstance(item, (list, tuple)) and len(item) == 2:
+                text, label = item
+            elif isinstance(item, dict):
+                text, label = item.get(str(opts.text_column)), item.get(str(opts.label_column))
+            else:
+                problems.append(Problem(where, i, "item is neither [text, label] nor an object", "fix or remove this item"))
+                continue
+            ex = _example(text, label, opts.label_column is not None, where, i, problems)
+            if ex is not None:
+                out.append(ex)
+    return out
 
 
 def _rows_delimited(text: str, path: str, opts: ReadOptions, fmt: str):
@@ -142,6 +202,8 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
     """Read one file into Examples; append every problem found to `problems`."""
     p = Path(path)
     name = str(path)
+    if "#" in name and Path(name.partition("#")[0]).suffix.lower() == ".json" and Path(name.partition("#")[0]).is_file():
+        return _read_json_splits(name, opts, problems)
     if not p.is_file():
         problems.append(Problem(name, None, "file not found", "check data.train/dev/test; relative paths start from the current directory"))
         return []
@@ -165,7 +227,9 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
         header = [str(i) for i in range(width)]
     ti = _column_index(header, opts.text_column, "text", name, problems)
     li = _column_index(header, opts.label_column, "label", name, problems) if opts.label_column is not None else None
-    if ti is None or (opts.label_column is not None and li is None):
+    pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if opts.text_pair_column is not None else None
+    fi = [_column_index(header, c, "feature", name, problems) for c in opts.feature_columns]
+    if ti is None or (opts.label_column is not None and li is None) or (opts.text_pair_column is not None and pi is None) or None in fi:
         return []
     width = len(header)
     out = []
@@ -176,11 +240,13 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
             extra = len(row) - width
             delim = opts.delimiter or ("," if fmt == "csv" else "\t")
             row = ([delim.join(row[: extra + 1])] + row[extra + 1:]) if ti == 0 else (row[:ti] + [delim.join(row[ti:])])
-        if len(row) <= max(ti, li or 0):
+        if len(row) <= max(ti, li or 0, pi or 0, *fi):
             problems.append(Problem(name, line, f"row has {len(row)} fields, expected {width}",
                                     "check the delimiter (data.delimiter) and quoting of this row"))
             continue
-        ex = _example(row[ti], row[li] if li is not None else None, li is not None, name, line, problems)
+        ex = _example(row[ti], row[li] if li is not None else None, li is not None, name, line, problems,
+                      row[pi] if pi is not None else None, pi is not None,
+                      [row[j] for j in fi] if fi else None, list(opts.feature_columns))
         if ex is not None:
             out.append(ex)
     return out
@@ -201,17 +267,20 @@ def _read_jsonl(text: str, name: str, opts: ReadOptions, problems: list[Problem]
         if not isinstance(obj, dict):
             problems.append(Problem(name, i, "line is not a JSON object", 'write {"text": ..., "label": ...} per line'))
             continue
-        missing = [c for c in (tcol, lcol) if c is not None and c not in obj]
+        pcol = str(opts.text_pair_column) if opts.text_pair_column is not None else None
+        fcols = [str(c) for c in opts.feature_columns]
+        missing = [c for c in (tcol, lcol, pcol, *fcols) if c is not None and c not in obj]
         if missing:
             for c in missing:
-                role = "text" if c == tcol else "label"
+                role = "text" if c == tcol else "label" if c == lcol else "text_pair" if c == pcol else "feature"
                 if role in reported_missing:
                     continue
                 reported_missing.add(role)
                 problems.append(Problem(name, i, f"no {role} field {c!r}; keys are {sorted(obj)}",
                                         f"set data.{role}_column to the key that holds the {role}"))
             continue
-        ex = _example(obj[tcol], obj[lcol] if lcol is not None else None, lcol is not None, name, i, problems)
+        ex = _example(obj[tcol], obj[lcol] if lcol is not None else None, lcol is not None, name, i, problems,
+                      obj.get(pcol) if pcol else None, pcol is not None, [obj[c] for c in fcols] if fcols else None, fcols)
         if ex is not None:
             out.append(ex)
     if not out and not problems:
@@ -230,13 +299,18 @@ def _read_parquet(p: Path, name: str, opts: ReadOptions, problems: list[Problem]
     header = list(table.column_names)
     ti = _column_index(header, opts.text_column, "text", name, problems)
     li = _column_index(header, opts.label_column, "label", name, problems) if opts.label_column is not None else None
-    if ti is None or (opts.label_column is not None and li is None):
+    pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if opts.text_pair_column is not None else None
+    fi = [_column_index(header, c, "feature", name, problems) for c in opts.feature_columns]
+    if ti is None or (opts.label_column is not None and li is None) or (opts.text_pair_column is not None and pi is None) or None in fi:
         return []
     texts = table.column(ti).to_pylist()
     labels = table.column(li).to_pylist() if li is not None else [None] * len(texts)
+    pairs = table.column(pi).to_pylist() if pi is not None else [None] * len(texts)
+    fcols = [table.column(j).to_pylist() for j in fi]
     out = []
-    for row, (t, lab) in enumerate(zip(texts, labels), start=1):  # parquet "line" = 1-based row number
-        ex = _example(t, lab, li is not None, name, row, problems)
+    for row, (t, lab, tp) in enumerate(zip(texts, labels, pairs), start=1):  # parquet "line" = 1-based row number
+        ex = _example(t, lab, li is not None, name, row, problems, tp, pi is not None,
+                      [c[row - 1] for c in fcols] if fcols else None, list(opts.feature_columns))
         if ex is not None:
             out.append(ex)
     return out
@@ -245,7 +319,7 @@ def _read_parquet(p: Path, name: str, opts: ReadOptions, problems: list[Problem]
 def read_texts(path: str | Path, opts: ReadOptions) -> tuple[list[Example], list[Problem]]:
     """Read texts only (labels optional) for prediction inputs."""
     problems: list[Problem] = []
-    ex = read_examples(path, ReadOptions(opts.format, opts.text_column, None, opts.delimiter, opts.encoding, opts.has_header), problems)
+    ex = read_examples(path, replace(opts, label_column=None), problems)
     return ex, problems
 
 
@@ -269,12 +343,12 @@ def _stream_lines(path: Path, encoding: str, problems: list[Problem]):
 
 
 def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem]):
-    """Yield `(line, text, record)` for every row of a CSV/TSV/JSONL file without loading it whole.
+    """Yield `(line, example, record)` for every row of a CSV/TSV/JSONL file without loading it whole.
 
-    `record` is the parsed row (list of fields, header row first when the file
-    has one, with text None) or the JSON object, so a caller can write it back
-    with columns added. Problems (bad bytes, missing column, empty text) are
-    appended to `problems`; their rows yield text None.
+    `record` is the parsed row (list of fields; the header row comes first,
+    with example None) or the JSON object, so a caller can write it back with
+    columns added. Problems (bad bytes, missing column, empty text) are
+    appended to `problems`; their rows yield example None. Labels are not read.
     """
     p, name = Path(path), str(path)
     fmt = detect_format(p, opts.format)
@@ -284,8 +358,9 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
         problems.append(Problem(name, None, "file not found", "check the --input path"))
         return
     lines = _stream_lines(p, opts.encoding, problems)
+    has_pair = opts.text_pair_column is not None
     if fmt == "jsonl":
-        tcol = str(opts.text_column)
+        tcol, pcol = str(opts.text_column), str(opts.text_pair_column)
         for i, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -294,16 +369,17 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
             except json.JSONDecodeError as e:
                 problems.append(Problem(name, i, f"not valid JSON: {e.msg}", "each line must be one JSON object"))
                 continue
-            if not isinstance(obj, dict) or tcol not in obj:
+            if not isinstance(obj, dict) or tcol not in obj or (has_pair and pcol not in obj):
                 keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                problems.append(Problem(name, i, f"no text field {tcol!r} (got {keys})", "set --text-column to the key that holds the text"))
+                problems.append(Problem(name, i, f"no text field {tcol!r}{f' or {pcol!r}' if has_pair else ''} (got {keys})",
+                                        "set --text-column to the key that holds the text"))
                 continue
-            yield i, _cell(obj[tcol], name, i, "text", problems), obj
+            yield i, _example(obj[tcol], None, False, name, i, problems, obj.get(pcol), has_pair), obj
         return
     delimiter = opts.delimiter or ("," if fmt == "csv" else "\t")
     quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
-    ti = None
+    ti = pi = None
     start = 0
     for row in reader:
         line, start = start + 1, reader.line_num
@@ -312,14 +388,15 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
         if ti is None:
             header = [h.strip() for h in row] if opts.has_header else [str(i) for i in range(len(row))]
             ti = _column_index(header, opts.text_column, "text", name, problems)
-            if ti is None:
+            pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if has_pair else None
+            if ti is None or (has_pair and pi is None):
                 return
             if opts.has_header:
                 yield line, None, row
                 continue
-        if len(row) <= ti:
+        if len(row) <= max(ti, pi or 0):
             problems.append(Problem(name, line, f"row has {len(row)} fields, text column is {ti}",
                                     "check the delimiter (--delimiter) and quoting of this row"))
             yield line, None, row
             continue
-        yield line, _cell(row[ti], name, line, "text", problems), row
+        yield line, _example(row[ti], None, False, name, line, problems, row[pi] if has_pair else None, has_pair), row

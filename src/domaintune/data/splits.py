@@ -47,7 +47,8 @@ class Splits:
 
 def options_from(data_cfg) -> ReadOptions:
     return ReadOptions(format=data_cfg.format, text_column=data_cfg.text_column, label_column=data_cfg.label_column,
-                       delimiter=data_cfg.delimiter, encoding=data_cfg.encoding, has_header=data_cfg.has_header)
+                       delimiter=data_cfg.delimiter, encoding=data_cfg.encoding, has_header=data_cfg.has_header,
+                       text_pair_column=data_cfg.text_pair_column, feature_columns=tuple(data_cfg.feature_columns))
 
 
 def stratified_split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -106,35 +107,39 @@ def overlap_warning(train: list[Example], test: list[Example], role: str = "test
                    f"remove duplicates from {role} (first at this line)", warning=True)
 
 
-def prepare_data(cfg) -> Splits:
-    """Read, validate and split the data of a RunConfig; raise DataError listing every problem."""
+def prepare_data(cfg, task=None) -> Splits:
+    """Read, validate and split the data of a RunConfig through its task; raise DataError listing every problem."""
+    if task is None:
+        from domaintune.tasks import get_task
+
+        task = get_task(cfg.task)
     d = cfg.data
     problems: list[Problem] = []
     if not d.train:
         raise DataError([Problem("<config>", None, "data.train is empty", "set data.train to your labelled file")])
-    opts = options_from(d)
-    train = read_examples(d.train, opts, problems)
-    dev = read_examples(d.dev, opts, problems) if d.dev else []
-    test = read_examples(d.test, opts, problems) if d.test else []
+    train = task.read(d.train, d, problems)
+    dev = task.read(d.dev, d, problems) if d.dev else []
+    test = task.read(d.test, d, problems) if d.test else []
     if [p for p in problems if not p.warning]:
         raise DataError(problems)
     seed = cfg.train.seed
     dev_from_train = test_from_train = False
     if not d.test:
-        train, test = stratified_split(train, d.test_fraction, seed)
+        train, test = task.split(train, d.test_fraction, seed)
         test_from_train = True
     if not d.dev:
         frac = d.dev_fraction / max(1e-9, 1 - (d.test_fraction if test_from_train else 0))
-        train, dev = stratified_split(train, min(frac, 0.5), seed + 1)
+        train, dev = task.split(train, min(frac, 0.5), seed + 1)
         dev_from_train = True
-    check_labels(train, {"dev": dev, "test": test}, problems)
+    task.check(train, {"dev": dev, "test": test}, problems)
     if [p for p in problems if not p.warning]:
         raise DataError(problems)
     warnings = [w for w in (overlap_warning(train, test, "test"), overlap_warning(train, dev, "dev")) if w]
+    warnings += [p for p in problems if p.warning]
     for w in warnings:
         log.warning("%s", w)
-    labels = sorted({ex.label for ex in train})
-    return Splits(train, dev, test, labels, warnings, dev_from_train, test_from_train)
+    task.fit(train)
+    return Splits(train, dev, test, list(task.labels), warnings, dev_from_train, test_from_train)
 
 
 @dataclass(frozen=True)

@@ -41,32 +41,47 @@ def write_plots(run_dir: Path, metrics: dict, labels: list[str]) -> dict[str, st
     return plots
 
 
-def render_report(metrics: dict, config_text: str, labels: list[str], plots: dict[str, str], model_licence: str | None) -> str:
+BASELINE_NAMES = {"majority": "majority class", "frozen_linear": "pretrained encoder, frozen + linear head",
+                  "mean": "predict the training mean", "frozen_ridge": "pretrained encoder, frozen + ridge regression",
+                  "frozen_cosine": "pretrained encoder, no training (cosine similarity)"}
+PERCENT_KEYS = {"accuracy", "macro_f1", "weighted_f1", "micro_f1", "f1", "precision", "recall", "subset_accuracy",
+                "token_accuracy", "in_scope_accuracy", "oos_recall", "recall_at_1", "recall_at_5", "mrr"}
+
+
+def _fmt(key: str, v) -> str:
+    if not isinstance(v, (int, float)):
+        return "–"
+    return f"{100 * v:.2f}" if key in PERCENT_KEYS else f"{v:.4f}"
+
+
+def render_report(metrics: dict, config_text: str, labels: list[str], plots: dict[str, str], model_licence: str | None,
+                  extra_lines: list[str] | None = None) -> str:
     test, dev, base, train = (metrics.get(k) or {} for k in ("test", "dev", "baseline", "train"))
+    keys = [k for k in metrics.get("headline") or ("accuracy", "macro_f1", "weighted_f1")]
+    best = metrics.get("metric_for_best") or keys[0]
     lines = [f"# Run report: {metrics.get('name', '')}", "",
              f"Model `{metrics.get('model')}` · task `{metrics.get('task')}` · method `{metrics.get('method')}` · "
              f"{len(labels)} labels · {metrics.get('data', {}).get('train_examples', '?')} training examples", ""]
     if model_licence and "non-commercial" in model_licence:
         lines += [f"> **Licence:** the base model is {model_licence}. Do not use this run in a commercial product.", ""]
-    lines += ["## Test scores against the starting point", "",
-              "| model | accuracy % | macro-F1 % | weighted-F1 % |", "|---|---|---|---|"]
-    if base.get("majority"):
-        m = base["majority"]
-        lines.append(f"| majority class (`{m.get('predicted_label')}`) | {_pct(m['accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['weighted_f1'])} |")
-    if base.get("frozen_linear"):
-        m = base["frozen_linear"]
-        lines.append(f"| pretrained encoder, frozen + linear head | {_pct(m['accuracy'])} | {_pct(m['macro_f1'])} | {_pct(m['weighted_f1'])} |")
+    head = " | ".join(f"{k}{' %' if k in PERCENT_KEYS else ''}" for k in keys)
+    lines += ["## Test scores against the starting point", "", f"| model | {head} |", "|---|" + "---|" * len(keys)]
+    for name, m in base.items():
+        label = BASELINE_NAMES.get(name, name)
+        if name == "majority" and m.get("predicted_label"):
+            label += f" (`{m['predicted_label']}`)"
+        lines.append(f"| {label} | " + " | ".join(_fmt(k, m.get(k)) for k in keys) + " |")
     if test:
-        lines.append(f"| **fine-tuned (this run)** | **{_pct(test['accuracy'])}** | **{_pct(test['macro_f1'])}** | **{_pct(test['weighted_f1'])}** |")
+        lines.append("| **fine-tuned (this run)** | " + " | ".join(f"**{_fmt(k, test.get(k))}**" for k in keys) + " |")
     if dev:
-        lines += ["", f"Best dev {metrics.get('metric_for_best', 'macro_f1')}: {_pct(dev.get(metrics.get('metric_for_best', 'macro_f1')))} % "
-                  f"(dev accuracy {_pct(dev.get('accuracy'))} %, step {train.get('best_step')})."]
+        lines += ["", f"Best dev {best}: {_fmt(best, dev.get(best))} (step {train.get('best_step')})."]
     lines += ["", "## Training", "",
               f"- wall time {train.get('seconds', 0):.1f} s, {train.get('samples_per_second', 0):.1f} samples/s, "
               f"{train.get('global_step')} optimizer steps, {train.get('epochs_completed', 0):.2f} epochs"
               f"{' (stopped early)' if train.get('stopped_early') else ''}",
               f"- precision {'bf16 autocast' if train.get('bf16') else 'fp32'}, {train.get('threads')} threads, "
               f"peak RSS {train.get('peak_rss_mb', 0):.0f} MB", ""]
+    lines += list(extra_lines or [])
     if test.get("per_class"):
         lines += ["## Per-class scores (test)", "", "| label | precision % | recall % | F1 % | support |", "|---|---|---|---|---|"]
         for label, m in sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"]):
@@ -78,6 +93,14 @@ def render_report(metrics: dict, config_text: str, labels: list[str], plots: dic
     return "\n".join(lines)
 
 
-def write_report(run_dir: Path, metrics: dict, config_text: str, labels: list[str], model_licence: str | None = None) -> Path:
+def write_report(run_dir: Path, metrics: dict, config_text: str, labels: list[str], model_licence: str | None = None,
+                 task=None) -> Path:
     plots = write_plots(run_dir, metrics, labels)
-    return atomic_write_text(run_dir / "report.md", render_report(metrics, config_text, labels, plots, model_licence))
+    extra: list[str] = []
+    if task is not None:
+        try:
+            plots.update(task.plots(run_dir, metrics))
+        except Exception as e:  # noqa: BLE001 - a plotting failure never fails a run
+            log.warning("could not draw task plots: %s", e)
+        extra = task.report_lines(metrics)
+    return atomic_write_text(run_dir / "report.md", render_report(metrics, config_text, labels, plots, model_licence, extra))

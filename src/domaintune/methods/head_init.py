@@ -42,7 +42,7 @@ def _features(pooled, features, collate, pad_id, batch_size: int, bf16: bool) ->
     lengths = [len(f["input_ids"]) for f in features]
     out = None
     for idx in inference_batches(lengths, batch_size):
-        batch = collate([{"input_ids": features[i]["input_ids"]} for i in idx], pad_id)
+        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             h = pooled(batch).float()
         if out is None:

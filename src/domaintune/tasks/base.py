@@ -1,39 +1,158 @@
-"""The task interface: what differs between classification, NER, regression...
+"""The task interface: everything that differs between classification, NER, regression, pairs...
 
-A task knows how to build its model head, turn examples into token ids and
-targets, pad a batch, score predictions and decode logits. The trainer,
-run directory and Predictor know nothing else about the task.
+A task owns its data (reading, splitting, label checks), its label space (learnt
+from train, saved as `task.json` in the run directory), its model head,
+encoding and padding, its metrics and its predictions. The trainer, run
+directory, resume, reports, CLI and Predictor call only these methods, so a new
+task is one module plus its test (see peft's `tuners/` for the same idea).
+
+Lifecycle in `domaintune.run.train_run`:
+
+    read -> split -> check -> fit -> encode -> build_model -> (Trainer: loss from
+    model(**collate(batch)).loss; evaluate on dev) -> calibrate on dev ->
+    evaluate dev/test -> save_model -> baselines -> report
+
+and in `domaintune.predictor.Predictor`:
+
+    load_state(task.json) -> load_model -> as_example -> encode -> predict
 """
 
 from __future__ import annotations
 
+import random
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+
+from domaintune.data.readers import Example, Problem
+
+
+@dataclass
+class EvalContext:
+    """What scoring and prediction need besides the model: how to batch and pad."""
+
+    tokenizer: Any
+    pad_id: int
+    batch_size: int = 128
+    max_length: int = 128
+    bf16: bool = False
 
 
 class Task(ABC):
     name: str = ""
     #: The transformers Auto class that reloads a saved run (users keep plain HF models).
     auto_class: Any = None
+    #: Dev metric that selects the best checkpoint when train.metric_for_best is empty.
+    default_metric: str = "macro_f1"
+    #: Metric keys shown in the report's headline table and by `domaintune evaluate`.
+    headline: tuple[str, ...] = ("accuracy", "macro_f1", "weighted_f1")
+    #: Whether the LP-FT linear-probe head initialisation applies (a softmax head over the pooled output).
+    supports_probe_init: bool = False
+
+    def __init__(self) -> None:
+        self.labels: list[str] = []
+
+    # ---- data -------------------------------------------------------------------------
+    def read(self, path: str | Path, data_cfg, problems: list[Problem]) -> list[Example]:
+        """Read one file into Examples, appending every problem (file, line, fix) to `problems`."""
+        from domaintune.data.splits import options_from
+        from domaintune.data.readers import read_examples
+
+        return read_examples(path, options_from(data_cfg), problems)
+
+    def split(self, examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+        """Hold out about `fraction` of `examples` (seeded). Classification overrides this with a stratified split."""
+        idx = list(range(len(examples)))
+        random.Random(seed).shuffle(idx)
+        k = round(len(idx) * fraction)
+        held = set(idx[:k])
+        return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+    def check(self, train: list[Example], others: dict[str, list[Example]], problems: list[Problem]) -> None:
+        """Label checks across splits (e.g. a test label never seen in train)."""
+
+    def fit(self, train: list[Example]) -> None:
+        """Learn the label space (or target scaling) from the training examples."""
+
+    def state(self) -> dict:
+        """What prediction needs besides the weights; saved as run/task.json."""
+        return {"labels": list(self.labels)}
+
+    def load_state(self, state: dict) -> None:
+        self.labels = list(state.get("labels", []))
+
+    def check_known(self, examples: list[Example], problems: list[Problem]) -> None:
+        """For `domaintune evaluate`: flag gold labels the trained model cannot produce."""
+
+    # ---- model ------------------------------------------------------------------------
+    @abstractmethod
+    def build_model(self, model_dir, dropout: float | None = None) -> torch.nn.Module:
+        """Pretrained weights with a fresh head sized for the fitted label space."""
+
+    def load_model(self, model_dir) -> torch.nn.Module:
+        """Reload a saved run's model (run/model) for prediction."""
+        return self.auto_class.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+
+    def save_model(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> None:
+        """Write the final model into `out_dir` (a temp dir renamed into place by the caller)."""
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
 
     @abstractmethod
-    def build_model(self, model_dir, labels: Sequence[str], dropout: float | None = None) -> torch.nn.Module:
-        """Load pretrained weights with a fresh head sized for `labels`."""
-
-    @abstractmethod
-    def encode(self, tokenizer, texts: Sequence[str], targets: Sequence[Any] | None, max_length: int) -> list[dict]:
+    def encode(self, tokenizer, examples: Sequence[Example], max_length: int, with_targets: bool = True) -> list[dict]:
         """One dict per example: `input_ids` (list[int]) and, with targets, `labels`."""
 
     @abstractmethod
     def collate(self, features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-        """Pad a list of encoded examples to the longest one in the batch."""
+        """Pad a batch to its longest member; include `labels` only when the features have them."""
+
+    # ---- scoring and prediction -------------------------------------------------------
+    @abstractmethod
+    def evaluate(self, model, examples: Sequence[Example], features: list[dict], ctx: EvalContext) -> dict:
+        """Scores for one split; must contain the metric named by metric_for_best (default `default_metric`)."""
+
+    def calibrate(self, model, examples: Sequence[Example], features: list[dict], ctx: EvalContext) -> dict:
+        """After training, tune decision thresholds on dev (multi-label, out-of-scope); return what was tuned."""
+        return {}
+
+    def baselines(self, model_dir, splits, features: dict[str, list[dict]], ctx: EvalContext, seed: int) -> dict:
+        """Test scores of the starting point, keyed by baseline name, with the same keys as `evaluate`."""
+        return {}
+
+    def as_example(self, item: Any) -> Example:
+        """A prediction input (a string, a (text, text_pair) tuple or a dict) as an Example."""
+        if isinstance(item, Example):
+            return item
+        if isinstance(item, str):
+            return Example(item, None)
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            return Example(str(item[0]), None, text_pair=str(item[1]))
+        if isinstance(item, dict) and "text" in item:
+            return Example(str(item["text"]), None, text_pair=item.get("text_pair"))
+        raise TypeError(f"cannot predict on {type(item).__name__}: give a string (or a (text, text_pair) pair)")
 
     @abstractmethod
-    def metrics(self, y_true: Sequence[Any], y_pred: Sequence[Any], labels: Sequence[str]) -> dict:
-        """Scores for a split; must contain the key named by train.metric_for_best."""
+    def predict(self, model, examples: Sequence[Example], features: list[dict], ctx: EvalContext, top_k: int = 1) -> list[dict]:
+        """Human-facing predictions (JSON-serialisable dicts), one per example, in input order."""
 
-    @abstractmethod
-    def decode(self, logits: torch.Tensor, labels: Sequence[str], top_k: int = 1) -> list[dict]:
-        """Human-facing predictions from raw model outputs."""
+    def output_fields(self, prediction: dict) -> dict:
+        """Columns added to each row by `domaintune predict --input` (values JSON-encoded when not scalar)."""
+        return {"label": prediction.get("label"), "score": prediction.get("score")}
+
+    def format_prediction(self, prediction: dict) -> str:
+        """One or two lines for `domaintune predict --text`."""
+        top = prediction.get("top_k", [])
+        alts = ", ".join(f"{a['label']} {a['score']:.3f}" for a in top)
+        return f"{prediction.get('label')}\t{prediction.get('score', 0):.4f}" + (f"\n  top-{len(top)}: {alts}" if top else "")
+
+    # ---- report -----------------------------------------------------------------------
+    def plots(self, run_dir: Path, metrics: dict) -> dict[str, str]:
+        """Extra task-specific plots: title -> path relative to run_dir."""
+        return {}
+
+    def report_lines(self, metrics: dict) -> list[str]:
+        """Extra task-specific Markdown for report.md (thresholds, per-type tables...)."""
+        return []

@@ -57,20 +57,25 @@ def set_threads(num_threads: int | None) -> int:
 
 
 @torch.inference_mode()
-def predict_logits(model, features: list[dict], collate, pad_id: int, batch_size: int, bf16: bool = False) -> torch.Tensor:
-    """Logits in input order, computed over longest-first sorted batches (little padding)."""
+def predict_logits(model, features: list[dict], collate, pad_id: int, batch_size: int, bf16: bool = False,
+                   stack: bool = True) -> torch.Tensor | list[torch.Tensor]:
+    """Logits in input order, computed over longest-first sorted batches (little padding).
+
+    With `stack=False` a list of per-example tensors is returned, each cut to
+    the example's own length when the logits are per token (NER).
+    """
     model.eval()
     if not features:
-        return torch.empty(0)
+        return torch.empty(0) if stack else []
     lengths = [len(f["input_ids"]) for f in features]
     out: list[torch.Tensor | None] = [None] * len(features)
     for idx in inference_batches(lengths, batch_size):
-        batch = collate([{"input_ids": features[i]["input_ids"]} for i in idx], pad_id)
+        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx], pad_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(**batch).logits.float()
         for j, i in enumerate(idx):
-            out[i] = logits[j]
-    return torch.stack(out)  # type: ignore[arg-type]
+            out[i] = logits[j] if logits.dim() == 2 else logits[j, : lengths[i]]
+    return torch.stack(out) if stack else out  # type: ignore[arg-type]
 
 
 @dataclass
