@@ -48,6 +48,9 @@ class Predictor:
         self.max_length = int(self.config.get("train", {}).get("max_length", 512))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         self.model = self.task.load_model(model_dir)
+        attach = getattr(self.task, "attach", None)  # tasks with run-directory side files (the retrieval index)
+        if attach is not None:
+            attach(self.run_dir)
         if not self.task.labels and getattr(self.model.config, "id2label", None) and self.task.name == "classification":
             self.task.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.labels = self.task.labels
