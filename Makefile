@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench bench-banking77 bench-chnsenticorp clean help
+.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks clean help
 
 help:
 	@echo "make demo   - bootstrap .venv and fine-tune the built-in demo"
@@ -31,13 +31,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
-bench: bench-banking77 bench-chnsenticorp
+bench: bench-banking77 bench-chnsenticorp bench-tasks
 
 bench-banking77: $(STAMP)
 	$(PY) bench/classification.py --dataset banking77
 
 bench-chnsenticorp: $(STAMP)
 	$(PY) bench/classification.py --dataset chnsenticorp
+
+bench-tasks: $(STAMP)
+	$(PY) bench/tasks.py
 
 clean:
 	rm -rf $(VENV) runs
