@@ -3,6 +3,14 @@
 The model is a plain `AutoModelForSequenceClassification`, so a run reloads
 with transformers alone. `encode`/`collate` here also serve the other
 sequence-level tasks (multi-label, regression, pair), which subclass it.
+
+Out-of-scope detection (`data.oos_label`, e.g. `oos` in CLINC150): rows with
+that label are not a class. They are dropped from train (the "oos-threshold"
+scheme of Larson et al. 2019, which beats training OOS as a 151st class on
+OOS recall), and the model abstains (`label: None`) when its top softmax
+probability is below a threshold tuned on dev, which must hold OOS rows. The
+threshold objective and the metric keys (`in_scope_accuracy`, `oos_recall`...)
+are described in `domaintune.evaluation.oos`; the threshold is saved in task.json.
 """
 
 from __future__ import annotations
@@ -55,14 +63,31 @@ def sequence_model_kwargs(dropout: float | None) -> dict[str, Any]:
     return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout, "classifier_dropout": dropout}
 
 
+OOS_HEADLINE = ("in_scope_accuracy", "oos_recall", "accuracy", "macro_f1")
+
+
 class ClassificationTask(Task):
     name = "classification"
     auto_class = AutoModelForSequenceClassification
     default_metric = "macro_f1"
     headline = ("accuracy", "macro_f1", "weighted_f1")
     supports_probe_init = True
+    #: Out-of-scope label (data.oos_label) and the tuned abstain threshold; class-level
+    #: defaults so subclasses that never use them need not call __init__.
+    oos_label: str | None = None
+    oos_threshold: float | None = None
 
     # ---- data
+    def read(self, path, data_cfg, problems):
+        if self.name == "classification":  # subclasses (pair, multilabel...) have their own label semantics
+            self._set_oos(getattr(data_cfg, "oos_label", None))
+        return super().read(path, data_cfg, problems)
+
+    def _set_oos(self, label: str | None) -> None:
+        self.oos_label = label or None
+        if self.oos_label:
+            self.headline = OOS_HEADLINE  # an instance attribute: report.md and `evaluate` show the OOS scores
+
     def split(self, examples, fraction, seed):
         from domaintune.data.splits import stratified_split
 
@@ -71,20 +96,50 @@ class ClassificationTask(Task):
     def check(self, train, others, problems: list[Problem]) -> None:
         from domaintune.data.splits import check_labels
 
-        check_labels(train, others, problems)
+        oos = self.oos_label
+        if not oos:
+            check_labels(train, others, problems)
+            return
+        # The OOS label is not a class: it needs no training rows and is never "unseen in train".
+        check_labels([e for e in train if e.label != oos], {r: [e for e in exs if e.label != oos] for r, exs in others.items()},
+                     problems)
+        dev = others.get("dev") or []
+        if dev and not any(e.label == oos for e in dev):
+            problems.append(Problem(dev[0].source, None, f"dev has no {oos!r} (data.oos_label) rows, so the abstain threshold "
+                                    "cannot be tuned: the model will never abstain",
+                                    f"add out-of-scope examples labelled {oos!r} to dev (or to train, when dev is split "
+                                    "from it)", warning=True))
 
     def fit(self, train: list[Example]) -> None:
+        """The label space; with data.oos_label, OOS rows are also removed from `train` in place
+        (it is the run's training list), because they are not a class."""
+        if self.oos_label:
+            train[:] = [ex for ex in train if ex.label != self.oos_label]
         self.labels = sorted({ex.label for ex in train})
 
+    def state(self) -> dict:
+        out = super().state()
+        if self.oos_label:
+            out.update(oos_label=self.oos_label, oos_threshold=self.oos_threshold)
+        return out
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self._set_oos(state.get("oos_label"))
+        self.oos_threshold = state.get("oos_threshold")
+
     def check_known(self, examples, problems):
-        known = set(self.labels)
+        known = set(self.labels) | ({self.oos_label} if self.oos_label else set())
         for ex in examples:
             if ex.label not in known:
                 problems.append(Problem(ex.source, ex.line, f"label {ex.label!r} is not one the model was trained on",
                                         f"use one of {self.labels[:10]}{' ...' if len(self.labels) > 10 else ''}"))
 
     def targets(self, examples: Sequence[Example]) -> list[int]:
+        """Class ids; an OOS row (dev/test only) gets the id one past the last class."""
         l2i = {l: i for i, l in enumerate(self.labels)}
+        if self.oos_label:
+            l2i.setdefault(self.oos_label, len(self.labels))
         return [l2i[ex.label] for ex in examples]
 
     # ---- model
@@ -113,12 +168,40 @@ class ClassificationTask(Task):
 
     def evaluate(self, model, examples, features, ctx):
         y_true = [f["labels"] for f in features]
-        return classification_metrics(y_true, self.logits(model, features, ctx).argmax(-1).tolist(), self.labels)
+        logits = self.logits(model, features, ctx)
+        if self.oos_label:  # before calibration the threshold is None: never abstain
+            from domaintune.evaluation.oos import oos_metrics
+
+            return oos_metrics(y_true, torch.softmax(logits, -1).numpy(), self.oos_threshold, self._oos_names(),
+                               len(self.labels))
+        return classification_metrics(y_true, logits.argmax(-1).tolist(), self.labels)
+
+    def _oos_names(self) -> list[str]:
+        return [*self.labels, self.oos_label]
+
+    def calibrate(self, model, examples, features, ctx):
+        """With data.oos_label: tune the abstain threshold on dev (see domaintune.evaluation.oos)."""
+        if not self.oos_label:
+            return {}
+        from domaintune.evaluation.oos import decide, select_threshold
+
+        y = torch.tensor([f["labels"] for f in features])
+        pred, conf, _ = decide(torch.softmax(self.logits(model, features, ctx), -1).numpy(), None)
+        chosen = select_threshold(conf, pred == y.numpy(), (y == len(self.labels)).numpy())
+        self.oos_threshold = chosen["threshold"]
+        return {"oos_threshold": chosen}
 
     def baselines(self, model_dir, splits, features, ctx, seed):
         from domaintune.evaluation.baseline import frozen_linear_baseline, majority_baseline
 
         train_ids, test_ids = self.targets(splits.train), self.targets(splits.test)
+        if self.oos_label:
+            from domaintune.evaluation.oos import frozen_linear_oos_baseline, majority_oos_baseline
+
+            names, oos_id = self._oos_names(), len(self.labels)
+            ids = {"train": train_ids, "dev": self.targets(splits.dev), "test": test_ids}
+            return {"majority": majority_oos_baseline(train_ids, test_ids, names, oos_id),
+                    "frozen_linear": frozen_linear_oos_baseline(model_dir, features, ids, names, oos_id, ctx.pad_id, seed)}
         out = {"majority": majority_baseline(train_ids, test_ids, self.labels)}
         out["frozen_linear"] = frozen_linear_baseline(model_dir, features["train"], train_ids, features["test"], test_ids,
                                                       self.labels, ctx.pad_id, seed=seed)
@@ -128,11 +211,46 @@ class ClassificationTask(Task):
         return self.decode(self.logits(model, features, ctx), top_k)
 
     def decode(self, logits: torch.Tensor, top_k: int = 1) -> list[dict]:
+        """Top-k labels; with a tuned OOS threshold, a top score below it gives `label: None` and a `reason`."""
         probs = torch.softmax(logits.float(), dim=-1)
         k = max(1, min(top_k, probs.shape[-1]))
         scores, idx = probs.topk(k, dim=-1)
         out = []
+        thr = self.oos_threshold if self.oos_label else None
         for s_row, i_row in zip(scores.tolist(), idx.tolist()):
-            out.append({"label": self.labels[i_row[0]], "score": s_row[0],
-                        "top_k": [{"label": self.labels[i], "score": s} for s, i in zip(s_row, i_row)]})
+            pred = {"label": self.labels[i_row[0]], "score": s_row[0],
+                    "top_k": [{"label": self.labels[i], "score": s} for s, i in zip(s_row, i_row)]}
+            if thr is not None and s_row[0] < thr:
+                pred["label"] = None
+                pred["reason"] = f"out of scope: confidence {s_row[0]:.2f} < threshold {thr:.2f}"
+            out.append(pred)
         return out
+
+    def output_fields(self, prediction: dict) -> dict:
+        fields = super().output_fields(prediction)
+        if self.oos_label:
+            fields["reason"] = prediction.get("reason")
+        return fields
+
+    def format_prediction(self, prediction: dict) -> str:
+        text = super().format_prediction(prediction)
+        if prediction.get("label") is None and prediction.get("reason"):
+            text = text.replace("None", "(abstain)", 1) + f"\n  {prediction['reason']}"
+        return text
+
+    def report_lines(self, metrics: dict) -> list[str]:
+        chosen = (metrics.get("calibration") or {}).get("oos_threshold")
+        if not self.oos_label or not chosen:
+            return []
+        test = metrics.get("test") or {}
+        pct = lambda v: f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "–"  # noqa: E731
+        return ["## Out-of-scope detection", "",
+                f"Rows labelled `{self.oos_label}` are not a class: the model was trained without them and abstains "
+                f"when its top probability is below **{chosen['threshold']:.4f}**, tuned on dev "
+                f"({chosen.get('dev_in_scope', '?')} in-scope, {chosen.get('dev_oos', '?')} out-of-scope rows) to maximise "
+                f"the mean of in-scope accuracy and OOS recall while losing at most "
+                f"{100 * chosen.get('max_in_scope_drop', 0):.0f} points of dev in-scope accuracy.", "",
+                f"- dev: in-scope accuracy {pct(chosen.get('in_scope_accuracy'))} (never abstaining: "
+                f"{pct(chosen.get('in_scope_accuracy_never_abstain'))}), OOS recall {pct(chosen.get('oos_recall'))}",
+                f"- test: in-scope accuracy {pct(test.get('in_scope_accuracy'))}, OOS recall {pct(test.get('oos_recall'))}, "
+                f"OOS precision {pct(test.get('oos_precision'))}, OOS AUROC {pct(test.get('oos_auroc'))}", ""]
