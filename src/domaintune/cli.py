@@ -180,6 +180,29 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
 
 
 @app.command()
+def index(run_dir: Path = typer.Argument(..., help="A finished `task: retrieval` run directory."),
+          faq: Optional[Path] = typer.Option(None, "--faq", help="Knowledge base (CSV/TSV/JSONL/Parquet); default: the run's data.faq."),
+          question_column: str = typer.Option("question", help="Column with the FAQ question (what queries are matched to)."),
+          answer_column: str = typer.Option("answer", help="Column with the answer shown with each hit."),
+          id_column: Optional[str] = typer.Option(None, help="Column with a unique entry id; default: `id` if present, else row numbers."),
+          fmt: str = typer.Option("auto", "--format"), delimiter: Optional[str] = typer.Option(None),
+          encoding: str = typer.Option("utf-8"), no_header: bool = typer.Option(False, "--no-header")) -> None:
+    """Embed an FAQ file into RUN_DIR/index for `domaintune predict`; re-running embeds only new or changed questions."""
+    _setup_logging(False)
+    from domaintune.retrieval_index import index_run
+
+    as_col = lambda c: int(c) if c is not None and c.isdigit() and no_header else c  # noqa: E731
+    try:
+        opts = ReadOptions(format=fmt, delimiter=delimiter, encoding=encoding, has_header=not no_header)
+        m = index_run(run_dir, faq, opts, as_col(question_column), as_col(answer_column), as_col(id_column))
+    except (*USER_ERRORS, ValueError) as e:
+        _fail(e)
+    c = m["changes"]
+    out.print(f"indexed {m['count']} FAQ entries into {run_dir / 'index'}: {m['embedded']} embedded, {m['reused']} reused "
+              f"({c['added']} added, {c['changed']} changed, {c['removed']} removed; {m['build']})", highlight=False)
+
+
+@app.command()
 def demo(output_dir: Path = typer.Option(Path("runs/demo"), help="Run directory for the demo."),
          epochs: float = typer.Option(4.0, help="Training epochs.")) -> None:
     """Fine-tune the default model on the built-in maintenance-ticket data and show what it learnt."""
