@@ -1,0 +1,197 @@
+"""Sentence pairs as a cross-encoder: both texts in one input, `[CLS] a [SEP] b [SEP]`.
+
+A cross-encoder lets every token of one text attend to every token of the
+other, which is what matching and similarity need (a bi-encoder compares two
+fixed vectors). Pair data comes in two kinds, and the labels say which:
+
+* **classification** (AFQMC: same question or not, 0/1; NLI labels): a
+  `ClassificationTask` over the pair (accuracy, macro F1);
+* **scoring** (STS-B: similarity 0-5): a `RegressionTask` over the pair
+  (MAE, RMSE, R², Pearson, Spearman).
+
+The mode is decided from the training labels: when (nearly) all are numbers
+and they have non-integer values or more than `MAX_CLASSES` distinct values,
+it is scoring, else classification. The decision and its reason are written
+to `task.json` and the report. The pair task delegates to the chosen task by
+composition, so both keep one implementation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from domaintune.data.readers import Example, Problem
+from domaintune.tasks.base import Task
+from domaintune.tasks.classification import ClassificationTask
+from domaintune.tasks.regression import RegressionTask, check_numeric_labels, parse_number
+
+#: More distinct integer labels than this means a score, not a class (a 1-100 rating, say).
+MAX_CLASSES = 20
+#: Share of numeric labels above which a few non-numbers are typos to report, not class names.
+NUMERIC_SHARE = 0.95
+
+
+def detect_mode(labels: list[str | None]) -> tuple[str, str]:
+    """("scoring" | "classification", human-readable reason) from the raw training labels."""
+    values = [parse_number(l) for l in labels]
+    numbers = [v for v in values if v is not None]
+    if not labels:
+        return "classification", "no training labels"
+    share = len(numbers) / len(labels)
+    distinct = len(set(numbers))
+    if share >= NUMERIC_SHARE and numbers:
+        if any(not float(v).is_integer() for v in numbers):
+            return "scoring", f"labels are numbers with non-integer values ({distinct} distinct, {min(numbers):g} to {max(numbers):g})"
+        if distinct > MAX_CLASSES:
+            return "scoring", f"labels are {distinct} distinct numbers (more than {MAX_CLASSES})"
+        return "classification", f"labels are {distinct} distinct integers (at most {MAX_CLASSES}): treated as classes"
+    return "classification", f"labels are {len(set(labels))} distinct class names"
+
+
+class PairTask(Task):
+    name = "pair"
+
+    def __init__(self) -> None:
+        self.inner: Task | None = None
+        self.mode: str | None = None
+        self.mode_reason = ""
+        self._loss_cfg = None
+        self._pending_labels: list[str] = []
+
+    # ---- mode and delegation
+    def _choose(self, mode: str, reason: str) -> None:
+        self.mode, self.mode_reason = mode, reason
+        self.inner = RegressionTask() if mode == "scoring" else ClassificationTask()
+        if self._loss_cfg is not None and isinstance(self.inner, RegressionTask):
+            self.inner.configure(self._loss_cfg)
+
+    def _ensure_mode(self, train: list[Example]) -> Task:
+        if self.inner is None:
+            self._choose(*detect_mode([ex.label for ex in train]))
+        return self.inner
+
+    def _need(self) -> Task:
+        if self.inner is None:
+            raise RuntimeError("pair task: the mode is not known yet (fit on training data or load task.json first)")
+        return self.inner
+
+    @property
+    def labels(self) -> list[str]:  # type: ignore[override]
+        return self.inner.labels if self.inner is not None else self._pending_labels
+
+    @labels.setter
+    def labels(self, value: list[str]) -> None:
+        if self.inner is not None:
+            self.inner.labels = value
+        else:
+            self._pending_labels = list(value)
+
+    @property
+    def default_metric(self) -> str:  # type: ignore[override]
+        return self.inner.default_metric if self.inner is not None else "macro_f1"
+
+    @property
+    def headline(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.headline if self.inner is not None else ClassificationTask.headline
+
+    @property
+    def supports_probe_init(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_probe_init if self.inner is not None else False
+
+    @property
+    def auto_class(self):  # type: ignore[override]
+        return self._need().auto_class
+
+    def configure(self, cfg) -> None:
+        self._loss_cfg = cfg
+        if isinstance(self.inner, RegressionTask):
+            self.inner.configure(cfg)
+
+    # ---- data
+    def read(self, path, data_cfg, problems: list[Problem]) -> list[Example]:
+        if getattr(data_cfg, "text_pair_column", None) is None:
+            problems.append(Problem(str(path), None, "task: pair needs a second text column",
+                                    "set data.text_pair_column (e.g. sentence2, or 1 for a headerless file)"))
+            return []
+        return super().read(path, data_cfg, problems)
+
+    def split(self, examples, fraction, seed):
+        return self._ensure_mode(examples).split(examples, fraction, seed)
+
+    def check(self, train, others, problems: list[Problem]) -> None:
+        inner = self._ensure_mode(train)
+        if self.mode == "scoring":  # a few non-numbers among numeric scores are typos: report each one
+            check_numeric_labels(train, problems, "score")
+            for exs in others.values():
+                check_numeric_labels(exs, problems, "score")
+            if [p for p in problems if not p.warning]:
+                return
+        inner.check(train, others, problems)
+
+    def fit(self, train: list[Example]) -> None:
+        self._ensure_mode(train).fit(train)
+
+    def state(self) -> dict:
+        return {"mode": self.mode, "mode_reason": self.mode_reason, **self._need().state()}
+
+    def load_state(self, state: dict) -> None:
+        mode = state.get("mode") or ("scoring" if "target" in state else "classification")
+        self._choose(mode, state.get("mode_reason", ""))
+        self.inner.load_state(state)
+
+    def check_known(self, examples, problems):
+        self._need().check_known(examples, problems)
+
+    # ---- model
+    def build_model(self, model_dir, dropout=None):
+        return self._need().build_model(model_dir, dropout)
+
+    def load_model(self, model_dir):
+        return self._need().load_model(model_dir)
+
+    def save_model(self, model, tokenizer, out_dir: Path) -> None:
+        self._need().save_model(model, tokenizer, out_dir)
+
+    def encode(self, tokenizer, examples, max_length, with_targets=True):
+        return self._need().encode(tokenizer, examples, max_length, with_targets)
+
+    def collate(self, features, pad_id):
+        return self._need().collate(features, pad_id)
+
+    # ---- scoring and prediction
+    def evaluate(self, model, examples, features, ctx):
+        return self._need().evaluate(model, examples, features, ctx)
+
+    def calibrate(self, model, examples, features, ctx):
+        return self._need().calibrate(model, examples, features, ctx)
+
+    def baselines(self, model_dir, splits, features, ctx, seed):
+        return self._need().baselines(model_dir, splits, features, ctx, seed)
+
+    def as_example(self, item: Any) -> Example:
+        """A (text, text_pair) tuple, a dict with `text` and `text_pair`, or an Example."""
+        ex = self._need().as_example(item)
+        if ex.text_pair is None:
+            raise ValueError("task: pair predicts on two texts: give (text, text_pair) or "
+                             "{'text': ..., 'text_pair': ...}")
+        return ex
+
+    def predict(self, model, examples, features, ctx, top_k=1):
+        return self._need().predict(model, examples, features, ctx, top_k)
+
+    def output_fields(self, prediction: dict) -> dict:
+        return self._need().output_fields(prediction)
+
+    def format_prediction(self, prediction: dict) -> str:
+        return self._need().format_prediction(prediction)
+
+    # ---- report
+    def plots(self, run_dir: Path, metrics: dict) -> dict[str, str]:
+        return self._need().plots(run_dir, metrics)
+
+    def report_lines(self, metrics: dict) -> list[str]:
+        kind = ("scoring (regression on the pair's score)" if self.mode == "scoring"
+                else "classification (one class per pair)")
+        lines = ["## Pair mode", "", f"Cross-encoder over (text, text_pair); mode **{kind}**: {self.mode_reason}.", ""]
+        return lines + self._need().report_lines(metrics)
