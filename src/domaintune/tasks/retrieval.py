@@ -123,6 +123,8 @@ class RetrievalTask(Task):
     default_metric = "mrr"
     headline = ("recall_at_1", "recall_at_5", "mrr")
     supports_probe_init = False
+    #: Prediction input is the query alone: data.text_pair_column names the training positive, not an input column.
+    pair_input = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -345,7 +347,7 @@ class RetrievalTask(Task):
     def format_prediction(self, prediction: dict) -> str:
         lines = []
         for rank, hit in enumerate(prediction.get("top_k") or [], start=1):
-            lines.append(f"{rank}. [{hit['id']}] {hit['question']}\t{hit['score']:.4f}\n     -> {hit['answer']}")
+            lines.append(f"{rank}. {hit['score']:.4f}  id {hit['id']}: {hit['question']}\n     -> {hit['answer']}")
         return "\n  ".join(lines)
 
     def report_lines(self, metrics: dict) -> list[str]:
