@@ -30,6 +30,8 @@ from domaintune.tasks.regression import RegressionTask, check_numeric_labels, pa
 MAX_CLASSES = 20
 #: Share of numeric labels above which a few non-numbers are typos to report, not class names.
 NUMERIC_SHARE = 0.95
+#: Training pairs the frozen-encoder baseline is fitted on (bounded: each pair costs a forward pass).
+BASELINE_MAX_TRAIN = 5000
 
 
 def detect_mode(labels: list[str | None]) -> tuple[str, str]:
@@ -167,7 +169,18 @@ class PairTask(Task):
         return self._need().calibrate(model, examples, features, ctx)
 
     def baselines(self, model_dir, splits, features, ctx, seed):
-        return self._need().baselines(model_dir, splits, features, ctx, seed)
+        """The inner task's baselines; for classification the frozen probe fits on at most
+        `BASELINE_MAX_TRAIN` pairs (a cross-encoded pair costs a forward pass each, and pair
+        sets are large: AFQMC has 34k)."""
+        inner = self._need()
+        if not isinstance(inner, ClassificationTask):
+            return inner.baselines(model_dir, splits, features, ctx, seed)
+        from domaintune.evaluation.baseline import frozen_linear_baseline, majority_baseline
+
+        train_ids, test_ids = inner.targets(splits.train), inner.targets(splits.test)
+        return {"majority": majority_baseline(train_ids, test_ids, inner.labels),
+                "frozen_linear": frozen_linear_baseline(model_dir, features["train"], train_ids, features["test"], test_ids,
+                                                        inner.labels, ctx.pad_id, max_train=BASELINE_MAX_TRAIN, seed=seed)}
 
     def as_example(self, item: Any) -> Example:
         """A (text, text_pair) tuple, a dict with `text` and `text_pair`, or an Example."""
