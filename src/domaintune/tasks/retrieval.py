@@ -149,7 +149,12 @@ class RetrievalTask(Task):
                                     "set data.text_pair_column (and data.text_column to the user query column)"))
             return []
         opts = options_from(data_cfg)
-        labelled = has_column(file_columns(path, opts), opts.label_column)
+        columns = file_columns(path, opts)
+        labelled = has_column(columns, opts.label_column)
+        if not opts.has_header and not labelled and columns and len(columns) > 2:
+            problems.append(Problem(str(path), None, f"rows have {len(columns)} fields but data.label_column "
+                                    f"{opts.label_column!r} is not a column index, so every row is read as a matching pair",
+                                    "if one column flags matches with 1/0, set data.label_column to its index", warning=True))
         examples = read_examples(path, opts if labelled else replace(opts, label_column=None), problems)
         if labelled:
             kept = []
