@@ -324,7 +324,8 @@ def read_ner(path: str | Path, fmt: str, delimiter: str | None, encoding: str, t
     raw = _read_conll(text, name, delimiter, bad, problems) if kind == "conll" else _read_jsonl(text, name, text_key, bad, problems)
     tagged = [r.tags for r in raw if r.tags is not None]
     if scheme is None and tagged:
-        scheme = detect_scheme(tagged)
+        suffix = p.suffix.lower().lstrip(".")
+        scheme = detect_scheme(tagged, {"bmes": "BMES", "bioes": "BIOES", "iobes": "BIOES", "bio": "BIO", "iob": "BIO"}.get(suffix))
     if not raw and not [q for q in problems if q.file == name]:
         problems.append(Problem(name, None, "file has no sentences", "check the path and data.format"))
     return _check_tags(raw, name, scheme or "BIO", problems), scheme

@@ -85,12 +85,14 @@ def tag_issues(tags: Sequence[str], scheme: str) -> list[tuple[int, str, bool]]:
     return out
 
 
-def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
-    """The scheme under which the sequences have the fewest issues (errors weigh most); ties -> BIO first.
+def detect_scheme(sequences: Iterable[Sequence[str]], prefer: str | None = None) -> str:
+    """The scheme under which the sequences have the fewest issues (errors count double); ties -> BIO first.
 
     Counting violations instead of looking for one telltale prefix means a BIO
     file with one stray `S-PER` is still read as BIO (and that tag reported),
-    not as BIOES with hundreds of unclosed entities.
+    not as BIOES with hundreds of unclosed entities. `prefer` (from a file
+    suffix such as `.bmes`) breaks ties: a BMES file whose entities are all
+    one or two characters long is also valid BIOES.
     """
     seqs = list(sequences)
     cost = {}
@@ -100,8 +102,8 @@ def detect_scheme(sequences: Iterable[Sequence[str]]) -> str:
             for _i, _msg, is_error in tag_issues(tags, scheme):
                 errors += is_error
                 warnings += not is_error
-        cost[scheme] = (errors * 1000 + warnings)
-    return min(DETECT_ORDER, key=lambda s: (cost[s], DETECT_ORDER.index(s)))
+        cost[scheme] = errors * 2 + warnings
+    return min(DETECT_ORDER, key=lambda s: (cost[s], s != prefer, DETECT_ORDER.index(s)))
 
 
 def to_spans(tags: Sequence[str], scheme: str) -> list[Span]:
