@@ -34,7 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from domaintune.data.readers import Problem, ReadOptions, detect_format, read_examples
-from domaintune.data.splits import DataError
+from domaintune.data.splits import MAX_LISTED, DataError
 from domaintune.training.checkpoint import atomic_dir
 
 log = logging.getLogger("domaintune")
@@ -51,6 +51,19 @@ class FaqIndexMissingError(FileNotFoundError):
     A FileNotFoundError so that every CLI command reports it as a user error
     with its fix (run `domaintune index`), not as a crash.
     """
+
+
+class FaqDataError(DataError):
+    """Problems in an FAQ file, all listed with file:line and a fix; the existing index is left unchanged."""
+
+    def __init__(self, problems: list[Problem]):
+        super().__init__(problems)
+        errors = [p for p in problems if not p.warning]
+        lines = [f"{len(errors)} problem{'s' if len(errors) != 1 else ''} in the FAQ file; the index was not changed:"]
+        lines += [f"  - {p}" for p in errors[:MAX_LISTED]]
+        if len(errors) > MAX_LISTED:
+            lines.append(f"  ... and {len(errors) - MAX_LISTED} more of the same kinds")
+        self.args = ("\n".join(lines),)
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,7 @@ def has_column(columns: list[str] | None, column: str | int | None) -> bool:
 
 def read_faq(path: str | Path, opts: ReadOptions | None = None, question_column: str | int = "question",
              answer_column: str | int = "answer", id_column: str | int | None = None) -> list[FaqEntry]:
-    """Read a knowledge base (CSV/TSV/JSONL/Parquet) with the project's readers; raise DataError listing every problem.
+    """Read a knowledge base (CSV/TSV/JSONL/Parquet) with the project's readers; raise FaqDataError listing every problem.
 
     `id_column=None` uses a column named `id` when the file has one and
     otherwise numbers entries 1, 2, 3... in file order; a named id column must
@@ -145,7 +158,9 @@ def read_faq(path: str | Path, opts: ReadOptions | None = None, question_column:
         id_column = "id"
     read_opts = replace(opts, text_column=question_column, text_pair_column=answer_column, label_column=id_column,
                         feature_columns=())
-    examples = read_examples(path, read_opts, problems)
+    raw: list[Problem] = []
+    examples = read_examples(path, read_opts, raw)
+    problems += [_faq_wording(p) for p in raw]
     entries = [FaqEntry(ex.label if id_column is not None else str(n), ex.text.strip(), ex.text_pair.strip(), ex.line)
                for n, ex in enumerate(examples, start=1)]
     first_line: dict[str, int] = {}
@@ -157,10 +172,24 @@ def read_faq(path: str | Path, opts: ReadOptions | None = None, question_column:
             first_line[e.id] = e.line
     if not entries and not problems:
         problems.append(Problem(str(path), None, "FAQ file has no entries", "add rows with a question and an answer"))
-    errors = [p for p in problems if not p.warning]
-    if errors:
-        raise DataError(problems)
+    if [p for p in problems if not p.warning]:
+        raise FaqDataError(problems)
     return entries
+
+
+_ROLES = [("second text (text_pair_column)", "answer"), ("text_pair column", "answer column"),
+          ("data.text_pair_column", "--answer-column"), ("data.text_column", "--question-column"),
+          ("data.label_column", "--id-column"), ("label column", "id column"), ("empty text", "empty question"),
+          ("empty label", "empty id"), ("text column", "question column"), ("fill in the text", "fill in the question"),
+          ("fill in the label", "fill in the id"), ("with has_header: false", "with --no-header")]
+
+
+def _faq_wording(p: Problem) -> Problem:
+    """The shared readers speak of text / text_pair / label; an FAQ has question / answer / id."""
+    msg, fix = p.message, p.fix
+    for a, b in _ROLES:
+        msg, fix = msg.replace(a, b), fix.replace(a, b)
+    return replace(p, message=msg, fix=fix)
 
 
 # ---- the index ----------------------------------------------------------------------------------

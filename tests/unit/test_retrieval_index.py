@@ -184,7 +184,7 @@ def test_faq_problems_are_listed_together(tmp_path):
         read_faq(bad)
     msg = str(e.value)
     assert "already used on line 2" in msg and "bad.csv:3" in msg and "bad.csv:4" in msg and "bad.csv:5" in msg
-    with pytest.raises(DataError, match="no text_pair column 'answer'"):
+    with pytest.raises(DataError, match="no answer column 'answer'"):
         read_faq(write_faq(tmp_path / "q.csv", [("1", "Q?")], ("id", "question")))
     jl = tmp_path / "faq.jsonl"
     jl.write_text("\n".join(json.dumps({"q": q, "a": a}, ensure_ascii=False) for _, q, a in FAQ) + "\n", encoding="utf-8")
