@@ -94,7 +94,7 @@ def test_pair_scoring_sts_layout(tmp_path):
     data = tmp_path / "sts.csv"
     data.write_text("\n".join(_sts_rows(60)) + "\n", encoding="utf-8")
     cfg = write_config(tmp_path / "sts.yaml", (
-        f"task: pair\nmodel: minilm-l6\noutput_dir: {tmp_path / 'sts'}\nbaseline: false\n"
+        f"task: pair\nmodel: minilm-l6\noutput_dir: {tmp_path / 'sts'}\nbaseline: true\n"
         f"data:\n  train: {data}\n  format: tsv\n  has_header: false\n  text_column: 5\n  text_pair_column: 6\n"
         "  label_column: 4\n  test_fraction: 0.2\n  dev_fraction: 0.15\n"
         "train:\n  max_steps: 6\n  batch_size: 8\n  lr: 1.0e-4\n  max_length: 32\n"))
@@ -103,6 +103,8 @@ def test_pair_scoring_sts_layout(tmp_path):
     state = json.loads((run / "task.json").read_text())
     assert state["mode"] == "scoring" and metrics["metric_for_best"] == "spearman"
     assert "spearman" in metrics["test"] and "accuracy" not in metrics["test"]
+    assert set(metrics["baseline"]) == {"mean", "frozen_ridge", "frozen_cosine"}
+    assert metrics["baseline"]["frozen_cosine"]["spearman"] > 0.3  # the pretrained bi-encoder already ranks these pairs
     assert "mode **scoring" in (run / "report.md").read_text(encoding="utf-8")
     pred = Predictor(run).predict(("A man is playing a guitar.", "A man is playing a guitar."))
     assert set(pred[0]) == {"prediction"} and -1.0 < pred[0]["prediction"] < 6.0
@@ -123,6 +125,6 @@ def test_chinese_pair_classification(tmp_path):
         "train:\n  max_steps: 4\n  batch_size: 8\n  lr: 1.0e-4\n  max_length: 32\n"))
     metrics = train_run(load_config(cfg))
     assert json.loads((tmp_path / "afqmc" / "task.json").read_text())["mode"] == "classification"
-    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and set(metrics["baseline"]) == {"majority", "frozen_linear"}
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and set(metrics["baseline"]) == {"majority", "frozen_linear", "frozen_cosine"}
     pred = Predictor(tmp_path / "afqmc").predict([("花呗怎么还款", "花呗如何还钱"), ("怎么开通花呗", "借呗利息多少")])
     assert [p["label"] in {"0", "1"} for p in pred] == [True, True] and 0.5 <= pred[0]["score"] <= 1.0

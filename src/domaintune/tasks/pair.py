@@ -14,10 +14,16 @@ and they have non-integer values or more than `MAX_CLASSES` distinct values,
 it is scoring, else classification. The decision and its reason are written
 to `task.json` and the report. The pair task delegates to the chosen task by
 composition, so both keep one implementation.
+
+Besides the inner task's baselines, the report shows `frozen_cosine`: the
+pretrained encoder used as a bi-encoder with no training at all (cosine of
+the two embeddings), which is what a sentence-embedding model gives as it is
+and what the cross-encoder has to beat.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,8 @@ from domaintune.data.readers import Example, Problem
 from domaintune.tasks.base import Task
 from domaintune.tasks.classification import ClassificationTask
 from domaintune.tasks.regression import RegressionTask, check_numeric_labels, parse_number
+
+log = logging.getLogger("domaintune")
 
 #: More distinct integer labels than this means a score, not a class (a 1-100 rating, say).
 MAX_CLASSES = 20
@@ -174,13 +182,71 @@ class PairTask(Task):
         sets are large: AFQMC has 34k)."""
         inner = self._need()
         if not isinstance(inner, ClassificationTask):
-            return inner.baselines(model_dir, splits, features, ctx, seed)
-        from domaintune.evaluation.baseline import frozen_linear_baseline, majority_baseline
+            out = inner.baselines(model_dir, splits, features, ctx, seed)
+        else:
+            from domaintune.evaluation.baseline import frozen_linear_baseline, majority_baseline
 
-        train_ids, test_ids = inner.targets(splits.train), inner.targets(splits.test)
-        return {"majority": majority_baseline(train_ids, test_ids, inner.labels),
-                "frozen_linear": frozen_linear_baseline(model_dir, features["train"], train_ids, features["test"], test_ids,
-                                                        inner.labels, ctx.pad_id, max_train=BASELINE_MAX_TRAIN, seed=seed)}
+            train_ids, test_ids = inner.targets(splits.train), inner.targets(splits.test)
+            out = {"majority": majority_baseline(train_ids, test_ids, inner.labels),
+                   "frozen_linear": frozen_linear_baseline(model_dir, features["train"], train_ids, features["test"],
+                                                           test_ids, inner.labels, ctx.pad_id,
+                                                           max_train=BASELINE_MAX_TRAIN, seed=seed)}
+        try:  # an extra baseline must not cost the others
+            cosine = self.cosine_baseline(model_dir, splits, ctx, seed)
+        except Exception as e:  # noqa: BLE001
+            log.warning("cosine baseline failed: %s", e)
+            cosine = {}
+        if cosine:
+            out["frozen_cosine"] = cosine
+        return out
+
+    def cosine_baseline(self, model_dir, splits, ctx, seed: int, max_train: int = 2000) -> dict:
+        """The pretrained encoder as a bi-encoder, no training: cosine of the two mean-pooled texts.
+
+        What a user gets from the sentence-embedding model as it is. Scoring maps
+        the cosine linearly onto the score scale (fitted on up to `max_train`
+        train pairs, so MAE/R² are comparable; correlations are unaffected);
+        classification picks the cosine threshold that is best on those train pairs.
+        """
+        import numpy as np
+
+        from domaintune.evaluation.baseline import embed
+        from domaintune.tasks.classification import encode_texts
+
+        rng = np.random.default_rng(seed)
+        train = splits.train
+        if len(train) > max_train:
+            train = [train[i] for i in sorted(rng.choice(len(train), max_train, replace=False).tolist())]
+
+        def cosines(examples) -> np.ndarray:
+            a = embed(model_dir, encode_texts(ctx.tokenizer, [Example(e.text, None) for e in examples], ctx.max_length), ctx.pad_id)
+            b = embed(model_dir, encode_texts(ctx.tokenizer, [Example(e.text_pair, None) for e in examples], ctx.max_length),
+                      ctx.pad_id)
+            return (a * b).sum(1) / np.clip(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12, None)
+
+        c_train, c_test = cosines(train), cosines(splits.test)
+        inner = self._need()
+        if isinstance(inner, RegressionTask):
+            from domaintune.tasks.regression import regression_metrics
+
+            slope, intercept = np.polyfit(c_train, [parse_number(e.label) for e in train], 1)
+            m = regression_metrics([parse_number(e.label) for e in splits.test], slope * c_test + intercept)
+            m["train_examples"] = len(train)
+            return m
+        from domaintune.evaluation.metrics import classification_metrics
+
+        y_train, y_test = np.asarray(inner.targets(train)), inner.targets(splits.test)
+        if len(inner.labels) != 2:
+            return {}
+        # Which class means "similar" is unknown from the names alone: try both orientations.
+        def decide(c: np.ndarray, t: float, hi: int) -> np.ndarray:
+            return np.where(c >= t, hi, 1 - hi)
+
+        _, threshold, hi = max((float((decide(c_train, t, hi) == y_train).mean()), float(t), hi)
+                               for t in np.unique(c_train) for hi in (1, 0))
+        m = classification_metrics(y_test, decide(c_test, threshold, hi).tolist(), inner.labels)
+        m["threshold"], m["similar_label"], m["train_examples"] = threshold, inner.labels[hi], len(train)
+        return m
 
     def as_example(self, item: Any) -> Example:
         """A (text, text_pair) tuple, a dict with `text` and `text_pair`, or an Example."""

@@ -301,6 +301,9 @@ class RegressionTask(Task):
             save_file(model.head_state(), str(out_dir / HEAD_WEIGHTS))
             atomic_write_json(out_dir / HEAD_CONFIG, {**model.head_config(), "feature_columns": self.feature_columns})
         else:
+            # Plain-transformers users read config.json, not task.json: say there how to undo the scaling.
+            model.config.domaintune_target_scaling = {"mean": self.target_mean, "std": self.target_std,
+                                                      "note": MODEL_OUTPUT_NOTE}
             model.save_pretrained(str(out_dir))
         tokenizer.save_pretrained(str(out_dir))
 
