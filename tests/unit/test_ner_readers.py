@@ -191,3 +191,14 @@ def test_first_subtoken_labels_and_windows_cover_every_word(minilm_tokenizer):
         cent = {i: f["cent"][f["words"].index(w)] for i, f in enumerate(feats) if w in f["words"]}
         assert cent[int(merged[w, 0])] == max(cent.values())
     assert any(sum(w in f["words"] for f in feats) > 1 for w in range(len(words)))
+
+
+def test_capital_latin_letters_are_not_lost_as_unknown_tokens():
+    """m3e-small has no capital letters in its vocabulary; char-level words are retried in lower case."""
+    tok = AutoTokenizer.from_pretrained(str(resolve_model("m3e-small")))
+    task = get_task("ner")
+    task.scheme, task.types, task.labels, task.char_level = "BMES", ["ORG"], ["O", "B-ORG", "I-ORG", "E-ORG", "S-ORG"], True
+    (feat,) = task.encode(tok, [Example(ACCEPTANCE, None)], max_length=64, with_targets=False)
+    pieces = tok.convert_ids_to_tokens(feat["input_ids"])
+    assert pieces[4:7] == ["a", "b", "c"] and tok.unk_token not in pieces
+    assert feat["words"] == list(range(len(ACCEPTANCE)))

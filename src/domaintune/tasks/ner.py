@@ -226,10 +226,14 @@ class NerTask(Task):
 
     @staticmethod
     def _tokenize(tokenizer, words: list[list[str]]) -> tuple[list[list[int]], list[list[int]]]:
-        """Sub-token ids and word ids without special tokens; a word the tokenizer drops (a zero-width
-        space, a lone combining mark) is replaced by the unknown token so every word keeps a position."""
+        """Sub-token ids and word ids without special tokens, with two repairs so every word keeps a
+        meaningful position: a word the tokenizer drops (a zero-width space, a lone combining mark)
+        becomes the unknown token, and a word that is nothing but unknown tokens is retried in lower
+        case (m3e-small's vocabulary has no capital Latin letters, yet its tokenizer does not lowercase,
+        so `CTO` or `MBA` inside Chinese text would otherwise all read as [UNK])."""
         ids: list[list[int]] = [[] for _ in words]
         wids: list[list[int]] = [[] for _ in words]
+        unk = tokenizer.unk_token_id
         todo = [i for i, w in enumerate(words) if w]
         for attempt in range(2):
             if not todo:
@@ -238,13 +242,17 @@ class NerTask(Task):
                             return_attention_mask=False, return_token_type_ids=False)
             again = []
             for j, i in enumerate(todo):
-                wi = enc.word_ids(j)
-                if len(set(wi)) < len(words[i]) and attempt == 0:
+                wi, tok = enc.word_ids(j), enc["input_ids"][j]
+                if attempt == 0:
+                    known = {w for w, t in zip(wi, tok) if t != unk}
                     seen = set(wi)
-                    words[i] = [w if n in seen else (tokenizer.unk_token or "?") for n, w in enumerate(words[i])]
-                    again.append(i)
-                    continue
-                ids[i], wids[i] = enc["input_ids"][j], list(wi)
+                    fixed = [w if n in known else w.lower() if n in seen else (tokenizer.unk_token or "?")
+                             for n, w in enumerate(words[i])]
+                    if fixed != words[i]:
+                        words[i] = fixed
+                        again.append(i)
+                        continue
+                ids[i], wids[i] = tok, list(wi)
             todo = again
         return ids, wids
 
