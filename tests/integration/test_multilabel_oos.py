@@ -124,8 +124,7 @@ def test_multilabel_predict_file_and_evaluate(ml_run, ml_data, tmp_path):
 
 def test_oos_run_directory(oos_run):
     m = json.loads((oos_run / "metrics.json").read_text(encoding="utf-8"))
-    assert "oos" not in m["labels"] and len(m["labels"]) == 3
-    assert m["data"]["train_examples"] == 72  # the 4 OOS training rows are not a class: dropped
+    assert m["labels"][-1] == "oos" and len(m["labels"]) == 4  # OOS training rows: one extra class, last
     assert m["headline"][:2] == ["in_scope_accuracy", "oos_recall"]
     for key in ("in_scope_accuracy", "oos_recall", "accuracy", "macro_f1", "oos_auroc"):
         assert 0.0 <= m["test"][key] <= 1.0, key
@@ -146,11 +145,13 @@ def test_oos_predictor_abstains_below_the_saved_threshold(oos_run):
         assert len(pred["top_k"]) == 2
         if pred["score"] < thr:
             assert pred["label"] is None and pred["reason"].startswith("out of scope: confidence")
+        elif pred["top_k"][0]["label"] == "oos":
+            assert pred["label"] is None and pred["reason"].startswith("out of scope: the top class is 'oos'")
         else:
-            assert pred["label"] in p.labels and "reason" not in pred
+            assert pred["label"] in p.labels[:-1] and "reason" not in pred
     p.task.oos_threshold = 1.01  # nothing is that confident: every text abstains, top-k still given
     preds = p.predict(OOS_TEXTS, top_k=3)
-    assert all(x["label"] is None and "< threshold 1.01" in x["reason"] and len(x["top_k"]) == 3 for x in preds)
+    assert all(x["label"] is None and "out of scope" in x["reason"] and len(x["top_k"]) == 3 for x in preds)
 
 
 def test_oos_evaluate_and_predict_file(oos_run, oos_data, tmp_path):
@@ -166,4 +167,4 @@ def test_oos_evaluate_and_predict_file(oos_run, oos_data, tmp_path):
     for row in rows:
         assert bool(row["label"]) != bool(row["reason"])  # either a label or the reason it abstained
     model = AutoModelForSequenceClassification.from_pretrained(oos_run / "model")
-    assert model.config.num_labels == 3 and "oos" not in model.config.label2id
+    assert model.config.num_labels == 4 and model.config.id2label[3] == "oos"  # plain HF predicts 'oos' too

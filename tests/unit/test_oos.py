@@ -90,7 +90,7 @@ def test_read_enables_oos_only_when_configured(tmp_path):
     assert task.oos_label == "oos" and task.headline == OOS_HEADLINE
 
 
-def test_check_and_fit_treat_the_oos_label_as_no_class():
+def test_check_and_fit_treat_the_oos_label_as_no_intent():
     task = _oos_task()
     train = [_ex("退款", 2), _ex("退款", 3), _ex("余额", 4), _ex("余额", 5), _ex("oos", 6)]
     dev = [_ex("oos", 2, "dev.csv"), _ex("余额", 3, "dev.csv")]
@@ -99,8 +99,12 @@ def test_check_and_fit_treat_the_oos_label_as_no_class():
     task.check(train, {"dev": dev, "test": test}, problems)
     assert [(p.file, p.line) for p in problems] == [("test.csv", 3)]  # 转账 unseen; one OOS train row is fine
     task.fit(train)
-    assert task.labels == ["余额", "退款"] and len(train) == 4  # OOS rows left train in place
-    assert task.targets(dev + test[:1]) == [2, 0, 2]  # OOS gets the id past the last class
+    assert task.labels == ["余额", "退款", "oos"] and task._oos_class() == 2  # OOS rows: one extra class, last
+    assert task.targets(dev + test[:1]) == [2, 0, 2]
+    no_oos_train = _oos_task()
+    no_oos_train.fit(train[:4])
+    assert no_oos_train.labels == ["余额", "退款"] and no_oos_train._oos_class() is None
+    assert no_oos_train.targets(dev) == [2, 0]  # OOS gets the slot past the last class
     problems = []
     task.check(train, {"dev": [_ex("余额", 2, "dev.csv")], "test": []}, problems)
     assert len(problems) == 1 and problems[0].warning and "never abstain" in problems[0].message
@@ -122,6 +126,23 @@ def test_decode_abstains_below_threshold_with_reason_and_top_k():
     other.load_state(state)
     assert other.oos_label == "oos" and other.oos_threshold == 0.52 and other.headline == OOS_HEADLINE
     assert other.decode(logits)[0]["label"] is None
+
+
+def test_decode_abstains_when_the_model_predicts_its_oos_class():
+    task = _oos_task()
+    task.labels, task.oos_threshold = ["余额", "退款", "oos"], 0.3
+    out = task.decode(torch.log(torch.tensor([[0.2, 0.1, 0.7], [0.2, 0.75, 0.05]])), top_k=3)
+    assert out[0]["label"] is None and out[0]["reason"] == "out of scope: the top class is 'oos' (0.70)"
+    assert out[0]["top_k"][0]["label"] == "oos" and out[1]["label"] == "退款"
+
+
+def test_threshold_selection_counts_forced_abstentions():
+    # rows 0-2 in scope (row 2 predicted OOS class: forced), rows 3-4 OOS (row 4 forced)
+    conf, correct = [0.9, 0.8, 0.95, 0.6, 0.99], [True, True, True, False, False]
+    is_oos, forced = [False, False, False, True, True], [False, False, True, False, True]
+    chosen = select_threshold(conf, correct, is_oos, max_drop=0.5, always_abstain=forced)
+    assert chosen["in_scope_accuracy_never_abstain"] == pytest.approx(2 / 3)
+    assert chosen["oos_recall"] == 1.0 and 0.6 < chosen["threshold"] <= 0.8
 
 
 def test_check_known_accepts_oos_gold_labels():

@@ -1,20 +1,25 @@
 """Out-of-scope (OOS) detection for intent classification: abstain threshold, metrics, baselines.
 
 A deployed intent classifier sees queries none of its classes cover ("what's
-the weather on Mars"). Following the "oos-threshold" scheme of Larson et al.
-(2019, CLINC150), the classifier is trained on the in-scope classes only and
-abstains when its confidence (the largest softmax probability, Hendrycks &
-Gimpel 2017) is below a threshold tuned on a dev set that contains OOS
-examples.
+the weather on Mars"). Larson et al. (2019, CLINC150) compare training the OOS
+rows as one extra class ("oos-train") with training without them and abstaining
+below a confidence threshold ("oos-threshold"). We do both: OOS training rows
+(when train has any) are one extra "none of these" class, and the model also
+abstains when its largest in-scope softmax probability (Hendrycks & Gimpel 2017)
+is below a threshold tuned on a dev set holding OOS rows. Measured on CLINC150
+Full with MiniLM-L6, 3 epochs, same seed, threshold chosen as below: both
+4,500 in-scope / 1,000 OOS test rows, in-scope accuracy / OOS recall
+94.18 / 80.9 with the OOS class, 94.29 / 73.1 with the OOS rows dropped
+(AUROC 96.4 vs 95.2); the OOS class alone, without threshold, gives 96.09 / 30.0.
 
 The threshold objective (`select_threshold`): maximise the mean of in-scope
 accuracy (abstaining on an in-scope query counts as wrong) and OOS recall (share
 of OOS queries abstained on), among thresholds that give up at most
-`MAX_IN_SCOPE_DROP` (2 points) of dev in-scope accuracy compared with never
-abstaining. The mean is prevalence-free (CLINC150 dev is 3 % OOS, its test
-18 %, production traffic anything), and the cap keeps the model useful for the
-in-scope traffic it exists for: an unconstrained mean happily trades five points
-of in-scope accuracy for OOS recall.
+`MAX_IN_SCOPE_DROP` (2 points) of dev in-scope accuracy compared with no
+threshold. The mean is prevalence-free (CLINC150 dev is 3 % OOS, its test 18 %,
+production traffic anything), and the cap keeps the model useful for the
+in-scope traffic it exists for: on CLINC150 the uncapped mean trades in-scope
+accuracy down to 92.8 % for 86.5 % OOS recall.
 
 Metric keys (`oos_metrics`): `in_scope_accuracy`, `oos_recall`, `oos_precision`,
 `oos_auroc` (threshold-free: how well confidence separates in-scope from OOS),
@@ -55,16 +60,22 @@ def decide(probs: np.ndarray, threshold: float | None, oos_class: int | None = N
 
 
 def select_threshold(conf: Sequence[float], correct: Sequence[bool], is_oos: Sequence[bool],
-                     max_drop: float = MAX_IN_SCOPE_DROP) -> dict:
+                     max_drop: float = MAX_IN_SCOPE_DROP, always_abstain: Sequence[bool] | None = None) -> dict:
     """The abstain threshold on dev (abstain when confidence < threshold), see the module docstring.
 
     `correct` says whether the in-scope prediction was right (ignored for OOS
-    rows); `is_oos` marks the OOS examples. Candidates are midpoints between
-    consecutive distinct confidences, so the chosen value is not glued to one
-    dev example. Without OOS examples in dev nothing can be tuned: 0 (never abstain).
+    rows); `is_oos` marks the OOS examples; `always_abstain` marks rows the
+    model abstains on whatever the threshold (it predicted its OOS class).
+    Candidates are midpoints between consecutive distinct confidences, so the
+    chosen value is not glued to one dev example. Without OOS examples in dev
+    nothing can be tuned: 0 (no threshold).
     """
     conf, correct, is_oos = (np.asarray(conf, dtype=np.float64), np.asarray(correct, dtype=bool),
                              np.asarray(is_oos, dtype=bool))
+    if always_abstain is not None:  # such a row is never right in scope and always caught if OOS
+        forced = np.asarray(always_abstain, dtype=bool)
+        correct = correct & ~forced
+        conf = np.where(forced & is_oos, -1.0, conf)
     n_in, n_oos = int((~is_oos).sum()), int(is_oos.sum())
     if n_in == 0 or n_oos == 0:
         return {"threshold": 0.0, "objective": None, "in_scope_accuracy": float(correct[~is_oos].mean()) if n_in else None,
@@ -121,7 +132,9 @@ def oos_metrics(y_true: Sequence[int], probs: np.ndarray, threshold: float | Non
 
 def majority_oos_baseline(train_ids: Sequence[int], test_ids: Sequence[int], names: Sequence[str], oos_id: int) -> dict:
     """Always the most frequent in-scope class, never abstaining."""
-    majority = np.bincount(np.asarray(train_ids, dtype=int), minlength=len(names)).argmax()
+    counts = np.bincount(np.asarray(train_ids, dtype=int), minlength=len(names))
+    counts[oos_id] = -1
+    majority = int(counts.argmax())
     probs = np.zeros((len(test_ids), len(names)))
     probs[:, majority] = 1.0
     m = oos_metrics(test_ids, probs, None, names, oos_id)
@@ -131,18 +144,20 @@ def majority_oos_baseline(train_ids: Sequence[int], test_ids: Sequence[int], nam
 
 def frozen_linear_oos_baseline(model_dir, features: dict[str, list[dict]], ids: dict[str, list[int]], names: Sequence[str],
                                oos_id: int, pad_id: int, seed: int = 0, max_train: int = 20000) -> dict:
-    """The pretrained encoder, frozen, with a logistic-regression head and an abstain threshold tuned on dev
-    exactly as for the fine-tuned model: the starting point for in-scope accuracy *and* OOS recall."""
+    """The pretrained encoder, frozen, with a logistic-regression head (OOS training rows as one more class,
+    as for the fine-tuned model) and an abstain threshold tuned on dev the same way: the starting point
+    for in-scope accuracy *and* OOS recall."""
     from sklearn.linear_model import LogisticRegression
 
     from domaintune.evaluation.baseline import embed
 
     train_f, train_y = features["train"], list(ids["train"])
-    keep_in = [i for i, y in enumerate(train_y) if y != oos_id]
-    if len(keep_in) > max_train:
-        keep_in = sorted(np.random.default_rng(seed).choice(keep_in, max_train, replace=False).tolist())
+    keep = list(range(len(train_y)))
+    if len(keep) > max_train:
+        keep = sorted(np.random.default_rng(seed).choice(keep, max_train, replace=False).tolist())
     clf = LogisticRegression(max_iter=2000, C=10.0)
-    clf.fit(embed(model_dir, [train_f[i] for i in keep_in], pad_id), [train_y[i] for i in keep_in])
+    clf.fit(embed(model_dir, [train_f[i] for i in keep], pad_id), [train_y[i] for i in keep])
+    oos_class = oos_id if oos_id in set(clf.classes_.tolist()) else None
 
     def full_probs(split: str) -> np.ndarray:
         out = np.zeros((len(features[split]), len(names)))
@@ -153,8 +168,8 @@ def frozen_linear_oos_baseline(model_dir, features: dict[str, list[dict]], ids: 
     dev_y = np.asarray(ids["dev"], dtype=int)
     threshold = None
     if len(dev_y):
-        pred, conf, _ = decide(full_probs("dev"), None)
-        threshold = select_threshold(conf, pred == dev_y, dev_y == oos_id)["threshold"]
-    m = oos_metrics(ids["test"], full_probs("test"), threshold, names, oos_id)
-    m["train_examples"] = len(keep_in)
+        pred, conf, forced = decide(full_probs("dev"), None, oos_class)
+        threshold = select_threshold(conf, pred == dev_y, dev_y == oos_id, always_abstain=forced)["threshold"]
+    m = oos_metrics(ids["test"], full_probs("test"), threshold, names, oos_id, model_has_oos_class=oos_class is not None)
+    m["train_examples"] = len(keep)
     return m
