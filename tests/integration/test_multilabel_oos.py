@@ -143,10 +143,10 @@ def test_oos_predictor_abstains_below_the_saved_threshold(oos_run):
     thr = p.task.oos_threshold
     for pred in p.predict(OOS_TEXTS, top_k=2):
         assert len(pred["top_k"]) == 2
-        if pred["score"] < thr:
-            assert pred["label"] is None and pred["reason"].startswith("out of scope: confidence")
-        elif pred["top_k"][0]["label"] == "oos":
+        if pred["top_k"][0]["label"] == "oos":  # the model's own OOS class
             assert pred["label"] is None and pred["reason"].startswith("out of scope: the top class is 'oos'")
+        elif pred["score"] < thr:
+            assert pred["label"] is None and pred["reason"].startswith("out of scope: confidence")
         else:
             assert pred["label"] in p.labels[:-1] and "reason" not in pred
     p.task.oos_threshold = 1.01  # nothing is that confident: every text abstains, top-k still given
