@@ -166,7 +166,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
                 raise ValueError(f"give one --text-pair per --text ({len(text)} texts, {len(text_pair)} pairs)")
             inputs = list(zip(text, text_pair)) if text_pair else list(text)
             for t, p in zip(text, predictor.predict(inputs, top_k=top_k)):
-                out.print(f"{t}\n  {predictor.task.format_prediction(p)}", highlight=False)
+                out.print(f"{t}\n  {predictor.task.format_prediction(p)}", highlight=False, markup=False)
         if input_:
             from rich.progress import Progress
 

@@ -107,7 +107,8 @@ class Predictor:
         """
         src, dst = Path(input_path), Path(output_path)
         opts = replace(opts or ReadOptions(), label_column=None)
-        run_pair = (self.config.get("data") or {}).get("text_pair_column")
+        # Pair tasks read their second text from the run's pair column; retrieval queries come alone.
+        run_pair = (self.config.get("data") or {}).get("text_pair_column") if getattr(self.task, "pair_input", True) else None
         if opts.text_pair_column is None and run_pair is not None:
             opts = replace(opts, text_pair_column=run_pair)
         fmt = detect_format(src, opts.format)

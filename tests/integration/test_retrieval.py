@@ -140,6 +140,14 @@ def test_index_then_predict_via_cli_and_predictor(run, data, tmp_path):
     assert p.task.output_fields(streamed[0]) == {"faq_id": "pay", "faq_question": QUESTION["pay"],
                                                   "faq_answer": FAQ[2][2], "score": streamed[0]["score"]}
 
+    # `predict --input` on a file of bare queries (no pair column) writes the best FAQ entry per row.
+    src = tmp_path / "in.csv"
+    src.write_text("ref,text\n1,which cards do you take\n2,花呗如何还钱\n", encoding="utf-8")
+    r = runner.invoke(app, ["predict", str(run), "--input", str(src), "--output", str(tmp_path / "out.csv")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(open(tmp_path / "out.csv", encoding="utf-8")))
+    assert [row["ref"] for row in rows] == ["1", "2"] and [row["faq_id"] for row in rows] == ["pay", "zh"]
+
     # `domaintune evaluate` searches the index: same keys as metrics.json's test.
     r = runner.invoke(app, ["evaluate", str(run), "--data", str(data["test"]), "--output", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output

@@ -61,7 +61,7 @@ def render_report(metrics: dict, config_text: str, labels: list[str], plots: dic
     best = metrics.get("metric_for_best") or keys[0]
     lines = [f"# Run report: {metrics.get('name', '')}", "",
              f"Model `{metrics.get('model')}` · task `{metrics.get('task')}` · method `{metrics.get('method')}` · "
-             f"{len(labels)} labels · {metrics.get('data', {}).get('train_examples', '?')} training examples", ""]
+             + (f"{len(labels)} labels · " if labels else "") + f"{metrics.get('data', {}).get('train_examples', '?')} training examples", ""]
     if model_licence and "non-commercial" in model_licence:
         lines += [f"> **Licence:** the base model is {model_licence}. Do not use this run in a commercial product.", ""]
     head = " | ".join(f"{k}{' %' if k in PERCENT_KEYS else ''}" for k in keys)
