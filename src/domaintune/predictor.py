@@ -111,6 +111,9 @@ class Predictor:
         run_pair = (self.config.get("data") or {}).get("text_pair_column") if getattr(self.task, "pair_input", True) else None
         if opts.text_pair_column is None and run_pair is not None:
             opts = replace(opts, text_pair_column=run_pair)
+        run_feats = tuple((self.config.get("data") or {}).get("feature_columns") or ())
+        if not opts.feature_columns and run_feats:  # a regression run with numeric features reads them from the file
+            opts = replace(opts, feature_columns=run_feats)
         fmt = detect_format(src, opts.format)
         problems: list[Problem] = []
         total = sum(1 for _line, ex, _rec in stream_records(src, opts, problems) if ex is not None)

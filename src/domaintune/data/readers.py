@@ -361,6 +361,7 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
     has_pair = opts.text_pair_column is not None
     if fmt == "jsonl":
         tcol, pcol = str(opts.text_column), str(opts.text_pair_column)
+        fcols = [str(c) for c in opts.feature_columns]
         for i, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -369,17 +370,19 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
             except json.JSONDecodeError as e:
                 problems.append(Problem(name, i, f"not valid JSON: {e.msg}", "each line must be one JSON object"))
                 continue
-            if not isinstance(obj, dict) or tcol not in obj or (has_pair and pcol not in obj):
+            if not isinstance(obj, dict) or tcol not in obj or (has_pair and pcol not in obj) or any(c not in obj for c in fcols):
                 keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
                 problems.append(Problem(name, i, f"no text field {tcol!r}{f' or {pcol!r}' if has_pair else ''} (got {keys})",
                                         "set --text-column to the key that holds the text"))
                 continue
-            yield i, _example(obj[tcol], None, False, name, i, problems, obj.get(pcol), has_pair), obj
+            yield i, _example(obj[tcol], None, False, name, i, problems, obj.get(pcol), has_pair,
+                              [obj[c] for c in fcols] if fcols else None, fcols), obj
         return
     delimiter = opts.delimiter or ("," if fmt == "csv" else "\t")
     quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
     ti = pi = None
+    fi: list = []
     start = 0
     for row in reader:
         line, start = start + 1, reader.line_num
@@ -389,14 +392,16 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
             header = [h.strip() for h in row] if opts.has_header else [str(i) for i in range(len(row))]
             ti = _column_index(header, opts.text_column, "text", name, problems)
             pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if has_pair else None
-            if ti is None or (has_pair and pi is None):
+            fi = [_column_index(header, c, "feature", name, problems) for c in opts.feature_columns]
+            if ti is None or (has_pair and pi is None) or None in fi:
                 return
             if opts.has_header:
                 yield line, None, row
                 continue
-        if len(row) <= max(ti, pi or 0):
+        if len(row) <= max(ti, pi or 0, *fi):
             problems.append(Problem(name, line, f"row has {len(row)} fields, text column is {ti}",
                                     "check the delimiter (--delimiter) and quoting of this row"))
             yield line, None, row
             continue
-        yield line, _example(row[ti], None, False, name, line, problems, row[pi] if has_pair else None, has_pair), row
+        yield line, _example(row[ti], None, False, name, line, problems, row[pi] if has_pair else None, has_pair,
+                             [row[j] for j in fi] if fi else None, list(opts.feature_columns)), row
