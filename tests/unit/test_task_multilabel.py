@@ -111,3 +111,18 @@ def test_decode_returns_every_label_above_its_own_threshold():
     fields = task.output_fields(out[0])
     assert list(fields) == ["labels", "scores"] and fields["labels"] == f"{PARTS}|{SAFETY}"
     assert "(no label" in task.format_prediction(out[1])
+
+
+def test_jsonl_label_lists_are_read_as_multilabel_cells(tmp_path):
+    import json as _json
+
+    from domaintune.data.readers import ReadOptions, read_examples
+    from domaintune.tasks.multilabel import parse_labels
+
+    p = tmp_path / "t.jsonl"
+    rows = [{"text": "主轴异响且漏油", "label": ["设备故障", "安全隐患"]}, {"text": "weekly report attached", "label": []}]
+    p.write_text("\n".join(_json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    problems = []
+    ex = read_examples(p, ReadOptions(), problems)
+    assert not problems
+    assert parse_labels(ex[0].label) == ("设备故障", "安全隐患") and parse_labels(ex[1].label) == ()

@@ -115,6 +115,8 @@ def _cell(value, path: str, line: int, role: str, problems: list[Problem]) -> st
     if value is None or (isinstance(value, float) and value != value):
         problems.append(Problem(path, line, f"empty {role}", f"fill in the {role} or remove the row"))
         return None
+    if role == "label" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return json.dumps(value, ensure_ascii=False)  # a JSONL label list (multi-label): the task parses it
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         problems.append(Problem(path, line, f"{role} is not text: {type(value).__name__} {str(value)[:40]!r}",
                                 f"give the {role} as a string"))
