@@ -74,6 +74,8 @@ class ClassificationTask(Task):
     default_metric = "macro_f1"
     headline = ("accuracy", "macro_f1", "weighted_f1")
     supports_probe_init = True
+    #: dtype of the `labels` tensor: class ids for cross-entropy (multi-label overrides with floats for BCE).
+    label_dtype = torch.long
     #: Out-of-scope label (data.oos_label) and the tuned abstain threshold; class-level
     #: defaults so subclasses that never use them need not call __init__.
     oos_label: str | None = None
@@ -172,7 +174,7 @@ class ClassificationTask(Task):
     def collate(self, features, pad_id):
         batch = pad_batch(features, pad_id)
         if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=self.label_dtype)
         return batch
 
     # ---- scoring

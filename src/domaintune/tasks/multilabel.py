@@ -35,7 +35,7 @@ from transformers import AutoModelForSequenceClassification
 
 from domaintune.data.readers import Example, Problem
 from domaintune.tasks.base import EvalContext
-from domaintune.tasks.classification import ClassificationTask, encode_texts, pad_batch, sequence_model_kwargs
+from domaintune.tasks.classification import ClassificationTask, sequence_model_kwargs
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -114,6 +114,7 @@ class MultiLabelTask(ClassificationTask):
     default_metric = "micro_f1"
     headline = ("micro_f1", "macro_f1", "subset_accuracy")
     supports_probe_init = False  # the LP-FT probe fits a softmax head; a sigmoid head starts at random
+    label_dtype = torch.float32  # BCE wants multi-hot floats
 
     def __init__(self) -> None:
         super().__init__()
@@ -226,18 +227,6 @@ class MultiLabelTask(ClassificationTask):
             id2label=dict(enumerate(self.labels)), label2id={l: i for i, l in enumerate(self.labels)},
             dtype=torch.float32, weights_only=True, **sequence_model_kwargs(dropout))
 
-    def encode(self, tokenizer, examples, max_length, with_targets=True):
-        out = encode_texts(tokenizer, examples, max_length)
-        if with_targets:
-            for o, t in zip(out, self.targets(examples)):
-                o["labels"] = t
-        return out
-
-    def collate(self, features, pad_id):
-        batch = pad_batch(features, pad_id)
-        if "labels" in features[0]:
-            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.float32)  # BCE wants floats
-        return batch
 
     # ---- scoring
     def probs(self, model, features, ctx: EvalContext) -> np.ndarray:
