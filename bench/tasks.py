@@ -106,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
         for key, shown, anchor, threshold in metrics_spec:
             ours = get(m, key)
             records[name]["metrics"][key] = ours
+            start = starting_point(m, key)
             ok = "–" if threshold is None or ours is None else ("yes" if ours >= threshold else "**no**")
-            rows.append(f"| {name} | {m.get('model')} | {shown} | {anchor} | {pct(starting_point(m, key))} | "
+            if ours is not None and start is not None and ours <= start:
+                ok += " (not above the starting point)"
+            rows.append(f"| {name} | {m.get('model')} | {shown} | {anchor} | {pct(start)} | "
                         f"**{pct(ours)}** | {pct(threshold) if threshold is not None else '–'} | {ok} | "
                         f"{get(m, 'train.seconds') or 0:.0f} |")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
