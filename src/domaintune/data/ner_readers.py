@@ -15,14 +15,13 @@ repeated per token.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from domaintune.data.readers import Example, Problem, _decode_lines
+from domaintune.data.readers import Example, Problem, _decode_lines, json_objects
 from domaintune.tasks.ner_schemes import SCHEMES, Span, detect_scheme, tag_issues, to_spans
 
 #: Suffixes read as JSONL under `format: auto`; every other file is read as a CoNLL column file.
@@ -270,17 +269,7 @@ def _text_entities(obj: dict, text_key: str, name: str, line: int, problems: lis
 
 def _read_jsonl(text: str, name: str, text_key: str, bad: set[int], problems: list[Problem]) -> list[_Raw]:
     out: list[_Raw] = []
-    for i, line in enumerate(text.split("\n"), start=1):
-        if not line.strip() or i in bad:
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(Problem(name, i, f"not valid JSON: {e.msg}", "each line must be one JSON object"))
-            continue
-        if not isinstance(obj, dict):
-            problems.append(Problem(name, i, "line is not a JSON object", 'write {"tokens": [...], "tags": [...]} per line'))
-            continue
+    for i, obj in json_objects(text.split("\n"), name, problems, '{"tokens": [...], "tags": [...]}', bad):
         if "tokens" in obj:
             toks, tags = obj.get("tokens"), obj.get("tags", obj.get("ner_tags"))
             if not isinstance(toks, list) or not toks:

@@ -254,12 +254,15 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
     return out
 
 
-def _read_jsonl(text: str, name: str, opts: ReadOptions, problems: list[Problem], bad: set[int]) -> list[Example]:
-    out = []
-    tcol, lcol = str(opts.text_column), (str(opts.label_column) if opts.label_column is not None else None)
-    reported_missing = set()
-    for i, line in enumerate(text.split("\n"), start=1):
-        if not line.strip() or i in bad:
+def json_objects(lines, name: str, problems: list[Problem], example: str, skip: set[int] = frozenset()):
+    """Yield `(line_number, object)` for each non-blank JSON-object line; record every bad line.
+
+    Shared by the training readers, the streaming prediction reader and the NER
+    readers, so all report broken JSONL the same way. `example` is the shape a
+    fixed line should have; lines in `skip` (undecodable bytes) are passed over.
+    """
+    for i, line in enumerate(lines, start=1):
+        if not line.strip() or i in skip:
             continue
         try:
             obj = json.loads(line)
@@ -267,8 +270,16 @@ def _read_jsonl(text: str, name: str, opts: ReadOptions, problems: list[Problem]
             problems.append(Problem(name, i, f"not valid JSON: {e.msg}", "each line must be one JSON object"))
             continue
         if not isinstance(obj, dict):
-            problems.append(Problem(name, i, "line is not a JSON object", 'write {"text": ..., "label": ...} per line'))
+            problems.append(Problem(name, i, "line is not a JSON object", f"write {example} per line"))
             continue
+        yield i, obj
+
+
+def _read_jsonl(text: str, name: str, opts: ReadOptions, problems: list[Problem], bad: set[int]) -> list[Example]:
+    out = []
+    tcol, lcol = str(opts.text_column), (str(opts.label_column) if opts.label_column is not None else None)
+    reported_missing = set()
+    for i, obj in json_objects(text.split("\n"), name, problems, '{"text": ..., "label": ...}', bad):
         pcol = str(opts.text_pair_column) if opts.text_pair_column is not None else None
         fcols = [str(c) for c in opts.feature_columns]
         missing = [c for c in (tcol, lcol, pcol, *fcols) if c is not None and c not in obj]
@@ -364,17 +375,9 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
     if fmt == "jsonl":
         tcol, pcol = str(opts.text_column), str(opts.text_pair_column)
         fcols = [str(c) for c in opts.feature_columns]
-        for i, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(Problem(name, i, f"not valid JSON: {e.msg}", "each line must be one JSON object"))
-                continue
-            if not isinstance(obj, dict) or tcol not in obj or (has_pair and pcol not in obj) or any(c not in obj for c in fcols):
-                keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
-                problems.append(Problem(name, i, f"no text field {tcol!r}{f' or {pcol!r}' if has_pair else ''} (got {keys})",
+        for i, obj in json_objects(lines, name, problems, '{"text": ...}'):
+            if tcol not in obj or (has_pair and pcol not in obj) or any(c not in obj for c in fcols):
+                problems.append(Problem(name, i, f"no text field {tcol!r}{f' or {pcol!r}' if has_pair else ''} (got {sorted(obj)})",
                                         "set --text-column to the key that holds the text"))
                 continue
             yield i, _example(obj[tcol], None, False, name, i, problems, obj.get(pcol), has_pair,
