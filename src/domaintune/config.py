@@ -38,13 +38,19 @@ class DataConfig(_Strict):
     encoding: str = Field("utf-8", description="Text encoding of the files; a UTF-8 byte-order mark is always stripped.")
     has_header: bool = Field(True, description="Whether the first line of a delimited file is a header.")
     text_pair_column: str | int | None = Field(None, description="Second text column for `task: pair` (e.g. the other question).")
+    symmetric_pairs: bool = Field(False, description="`task: pair` whose relation is symmetric (similarity, same question): also train on each pair in swapped order.")
     feature_columns: list[str | int] = Field(default_factory=list, description="Numeric columns fused with the text for `task: regression` (e.g. price, week).")
     label_separator: str = Field("|", description="Separator between labels in one cell for `task: multilabel` (a JSON list cell also works).")
     tag_scheme: Literal["auto", "BIO", "BIOES", "BMES"] = Field("auto", description="NER tag scheme of the files; `auto` detects it. Reports use the same scheme.")
     oos_label: str | None = Field(None, description="Label that marks out-of-scope examples (e.g. `oos`); tunes an abstain threshold on dev.")
     faq: str | None = Field(None, description="FAQ file (question, answer, optional id) that `task: retrieval` searches.")
+    k_shot: int | None = Field(None, ge=1, description="Train on only k examples per class (seeded sample of train; few-shot experiments); empty uses all.")
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as dev when `dev` is empty (stratified, seeded).")
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as test when `test` is empty (stratified, seeded).")
+
+
+from domaintune.config_methods import (AugmentSection, FewShotSection, FreezeSection, LabelsSection,  # noqa: E402
+                                       PeftSection, PretrainSection, RobustSection, TuneSection, ZeroShotSection)
 
 
 class TrainConfig(_Strict):
@@ -82,6 +88,15 @@ class RunConfig(_Strict):
     baseline: bool = Field(True, description="Also score the starting point (majority class, frozen encoder + linear head).")
     data: DataConfig = Field(default_factory=DataConfig, description="Where the labelled text is and how to read it.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
+    peft: PeftSection = Field(default_factory=PeftSection, description="Options of method lora, adalora, ia3, prefix, prompt.")
+    freeze: FreezeSection = Field(default_factory=FreezeSection, description="Which weights stay frozen (method full or freeze).")
+    fewshot: FewShotSection = Field(default_factory=FewShotSection, description="Options of method fewshot (SetFit-style).")
+    zeroshot: ZeroShotSection = Field(default_factory=ZeroShotSection, description="Options of method zeroshot (no training).")
+    labels: LabelsSection = Field(default_factory=LabelsSection, description="Label descriptions (zero-shot).")
+    augment: AugmentSection = Field(default_factory=AugmentSection, description="Offline data augmentation of the training texts.")
+    robust: RobustSection = Field(default_factory=RobustSection, description="Adversarial training and R-Drop.")
+    tune: TuneSection = Field(default_factory=TuneSection, description="Hyper-parameter search (`domaintune tune`).")
+    pretrain: PretrainSection = Field(default_factory=PretrainSection, description="Domain-adaptive masked-LM pre-training (`domaintune pretrain`).")
 
     @field_validator("task")
     @classmethod
@@ -102,7 +117,10 @@ class RunConfig(_Strict):
         return v
 
 
-SECTIONS: dict[str, type[BaseModel]] = {"": RunConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type[BaseModel]] = {"": RunConfig, "data": DataConfig, "train": TrainConfig, "peft": PeftSection,
+                                        "freeze": FreezeSection, "fewshot": FewShotSection, "zeroshot": ZeroShotSection,
+                                        "labels": LabelsSection, "augment": AugmentSection, "robust": RobustSection,
+                                        "tune": TuneSection, "pretrain": PretrainSection}
 
 
 def _fields_of(path: tuple[str | int, ...]) -> list[str]:
@@ -193,11 +211,13 @@ def template() -> str:
     out = ["# domaintune run configuration. Every key is optional; shown values are defaults.",
            "# Override any key on the command line: domaintune train CONFIG --set train.lr=3e-5", ""]
     for name, field in RunConfig.model_fields.items():
-        if name in ("data", "train"):
+        if name in SECTIONS:
             continue
         out.append(f"# {field.description}")
         out.append(f"{name}: {_yaml_scalar(field.get_default(call_default_factory=True))}")
-    for section, model in (("data", DataConfig), ("train", TrainConfig)):
+    for section, model in SECTIONS.items():
+        if not section:
+            continue
         out.append("")
         out.append(f"{section}:  # {RunConfig.model_fields[section].description}")
         for name, field in model.model_fields.items():
@@ -210,9 +230,11 @@ def reference_markdown() -> str:
     """The README's config reference table, generated from the models above."""
     rows = ["| key | default | description |", "|---|---|---|"]
     for name, field in RunConfig.model_fields.items():
-        if name not in ("data", "train"):
+        if name not in SECTIONS:
             rows.append(f"| `{name}` | `{_yaml_scalar(field.get_default(call_default_factory=True))}` | {field.description} |")
-    for section, model in (("data", DataConfig), ("train", TrainConfig)):
+    for section, model in SECTIONS.items():
+        if not section:
+            continue
         for name, field in model.model_fields.items():
             rows.append(f"| `{section}.{name}` | `{_yaml_scalar(field.get_default(call_default_factory=True))}` | {field.description} |")
     return "\n".join(rows) + "\n"

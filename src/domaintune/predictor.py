@@ -22,6 +22,7 @@ from transformers import AutoTokenizer
 
 from domaintune.data import DataError, LabelMap, Problem, ReadOptions
 from domaintune.data.readers import Example, detect_format, stream_records
+from domaintune.model_io import load_run_model
 from domaintune.tasks import EvalContext, get_task
 from domaintune.training.loop import set_threads
 
@@ -34,7 +35,7 @@ class Predictor:
     def __init__(self, run_dir: str | Path, batch_size: int = 64, num_threads: int | None = None):
         self.run_dir = Path(run_dir)
         model_dir = self.run_dir / "model"
-        if not (model_dir / "config.json").is_file():
+        if not any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json", "domaintune_head.json")):
             raise FileNotFoundError(f"{self.run_dir}: not a finished run directory (no model/config.json); "
                                     f"train one with `domaintune train CONFIG`")
         cfg_path = self.run_dir / "config.yaml"
@@ -47,7 +48,7 @@ class Predictor:
             self.task.load_state({"labels": list(LabelMap.load(labels_path).labels)})
         self.max_length = int(self.config.get("train", {}).get("max_length", 512))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = self.task.load_model(model_dir)
+        self.model = load_run_model(self.task, model_dir)
         attach = getattr(self.task, "attach", None)  # tasks with run-directory side files (the retrieval index)
         if attach is not None:
             attach(self.run_dir)

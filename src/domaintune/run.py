@@ -23,12 +23,12 @@ from domaintune.config import RunConfig, dump_config
 from domaintune.data import LabelMap, Splits, prepare_data
 from domaintune.evaluation.metrics import summary
 from domaintune.evaluation.report import write_report
-from domaintune.methods import get_method
+from domaintune.methods import FitContext, get_method, trainable_summary
 from domaintune.models import licence_of, resolve_model
 from domaintune.tasks import EvalContext, get_task
 from domaintune.training.checkpoint import atomic_dir, atomic_write_json, atomic_write_text
 from domaintune.methods.head_init import probe_init_head
-from domaintune.training.loop import Trainer, predict_logits, set_threads, use_bf16
+from domaintune.training.loop import set_threads, use_bf16
 
 log = logging.getLogger("domaintune")
 
@@ -60,6 +60,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     """Train, evaluate and write a complete run directory; return metrics.json's content."""
     t_total = time.perf_counter()
     task, method = get_task(cfg.task), get_method(cfg.method)
+    task.configure(cfg)
+    method.configure(cfg)
     if splits is None:
         splits = prepare_data(cfg, task)          # raises DataError listing every problem; fits the label space
     else:
@@ -85,17 +87,17 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    parts = {"train": splits.train, "dev": splits.dev, "test": splits.test}
+    parts = {"train": task.training_examples(splits.train), "dev": splits.dev, "test": splits.test}
     feats = {name: task.encode(tokenizer, part, cfg.train.max_length) for name, part in parts.items()}
 
     seed_everything(cfg.train.seed)
-    model = method.prepare(task.build_model(model_dir, cfg.train.dropout))
+    model = method.build(task, model_dir, cfg)
 
     def ctx(bf16: bool) -> EvalContext:
         return EvalContext(tokenizer, pad_id, cfg.train.eval_batch_size, cfg.train.max_length, bf16)
 
     probe, probe_seconds = None, 0.0
-    if (cfg.train.head_init == "probe" and task.supports_probe_init
+    if (cfg.train.head_init == "probe" and task.supports_probe_init and method.uses_probe_init
             and not (resume and (run_dir / "checkpoints" / "latest.json").exists())):
         t0 = time.perf_counter()
         set_threads(cfg.train.num_threads)
@@ -103,10 +105,11 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
                                 use_bf16(cfg.train.precision))
         probe_seconds = time.perf_counter() - t0
 
-    trainer = Trainer(model, method, task.collate, pad_id, feats["train"],
-                      evaluate=lambda m, bf16: task.evaluate(m, splits.dev, feats["dev"], ctx(bf16)),
-                      cfg=train_cfg, run_dir=run_dir, has_dev=bool(splits.dev))
-    result = trainer.train(resume=resume)
+    model = method.prepare(model, task)
+    trainable = trainable_summary(model)
+    fit_ctx = FitContext(task=task, cfg=cfg, train_cfg=train_cfg, model_dir=model_dir, run_dir=run_dir, tokenizer=tokenizer,
+                         pad_id=pad_id, splits=splits, features=feats, make_eval_context=ctx, resume=resume)
+    result = method.fit(model, fit_ctx)
 
     # Thresholds (multi-label, out-of-scope) are tuned on dev, then saved beside the weights.
     calibration = task.calibrate(model, splits.dev, feats["dev"], ctx(False)) if splits.dev else {}
@@ -115,8 +118,7 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     dev_metrics = task.evaluate(model, splits.dev, feats["dev"], ctx(False)) if splits.dev else {}
     test_metrics = task.evaluate(model, splits.test, feats["test"], ctx(False)) if splits.test else {}
 
-    final = method.export(model)
-    atomic_dir(run_dir / "model", lambda tmp: task.save_model(final, tokenizer, tmp))
+    atomic_dir(run_dir / "model", lambda tmp: method.save(model, task, tokenizer, tmp))
 
     baseline: dict = {}
     if cfg.baseline and splits.test:
@@ -134,12 +136,13 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
                  "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,
                  "warnings": [str(w) for w in splits.warnings]},
         "train": {"seconds": round(result.seconds + probe_seconds, 3), "samples_per_second": round(result.samples_per_second, 2),
-                  "head_init": cfg.train.head_init if task.supports_probe_init else "random",
+                  "head_init": cfg.train.head_init if probe is not None else "random",
                   "head_init_seconds": round(probe_seconds, 2), "probe": probe,
                   "peak_rss_mb": round(peak_rss_mb(), 1), "global_step": result.global_step,
                   "epochs_completed": round(result.epochs_completed, 3), "best_step": result.best_step,
                   "best_dev_metric": result.best_metric, "stopped_early": result.stopped_early, "bf16": result.bf16,
                   "threads": result.threads, "total_seconds": round(time.perf_counter() - t_total, 2)},
+        "method_settings": {**method.settings(), **trainable},
         "calibration": calibration,
         "dev": dev_metrics, "test": test_metrics, "baseline": baseline, "history": result.history,
     }

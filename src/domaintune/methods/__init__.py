@@ -1,18 +1,27 @@
-"""Method registry: how the pretrained weights adapt (name -> Method class)."""
+"""Method registry: how the pretrained weights adapt (name -> "module:Class", imported lazily).
+
+Adding a method is one module under `methods/` plus its test, and one line here
+(peft's `tuners/` registry has the same shape). Lazy imports keep `domaintune
+--help` fast: peft, optuna and the LM code load only when their method runs.
+"""
 
 from __future__ import annotations
 
-from domaintune.methods.base import Method
-from domaintune.methods.full import FullFineTuning
+import importlib
 
-METHODS: dict[str, type[Method]] = {FullFineTuning.name: FullFineTuning}
+from domaintune.methods.base import FitContext, Method, trainable_summary
+
+METHODS: dict[str, str] = {
+    "full": "domaintune.methods.full:FullFineTuning",
+}
 
 
 def get_method(name: str) -> Method:
     try:
-        return METHODS[name]()
+        module, cls = METHODS[name].split(":")
     except KeyError:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}") from None
+    return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["METHODS", "Method", "get_method"]
+__all__ = ["METHODS", "FitContext", "Method", "get_method", "trainable_summary"]

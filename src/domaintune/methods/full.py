@@ -1,4 +1,4 @@
-"""Full fine-tuning: every pretrained weight and the new head train."""
+"""Full fine-tuning: every pretrained weight and the new head train (minus what `freeze:` keeps fixed)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from domaintune.methods.base import Method
 class FullFineTuning(Method):
     name = "full"
 
-    def prepare(self, model):
+    def prepare(self, model, task=None):
         for p in model.parameters():
             p.requires_grad_(True)
         return model

@@ -74,6 +74,14 @@ class Task(ABC):
     def check(self, train: list[Example], others: dict[str, list[Example]], problems: list[Problem]) -> None:
         """Label checks across splits (e.g. a test label never seen in train)."""
 
+    def configure(self, cfg) -> None:
+        """Take task options from the run config (called once, before reading data). Default: none."""
+
+    def training_examples(self, train: list[Example]) -> list[Example]:
+        """The examples the model trains on: `train` itself, or an expansion of it that only
+        training sees (e.g. both orders of a symmetric pair). Dev/test are never expanded."""
+        return train
+
     def fit(self, train: list[Example]) -> None:
         """Learn the label space (or target scaling) from the training examples."""
 

@@ -68,6 +68,7 @@ class PairTask(Task):
         self.mode_reason = ""
         self._loss_cfg = None
         self._pending_labels: list[str] = []
+        self.symmetric = False  # data.symmetric_pairs: train on both orders of each pair
 
     # ---- mode and delegation
     def _choose(self, mode: str, reason: str) -> None:
@@ -115,6 +116,7 @@ class PairTask(Task):
 
     def configure(self, cfg) -> None:
         self._loss_cfg = cfg
+        self.symmetric = bool(getattr(getattr(cfg, "data", None), "symmetric_pairs", False))
         if isinstance(self.inner, RegressionTask):
             self.inner.configure(cfg)
 
@@ -138,6 +140,17 @@ class PairTask(Task):
             if [p for p in problems if not p.warning]:
                 return
         inner.check(train, others, problems)
+
+    def training_examples(self, train: list[Example]) -> list[Example]:
+        """With `data.symmetric_pairs`, each pair also in swapped order (b, a): a cross-encoder
+        sees `[CLS] a [SEP] b` and `[CLS] b [SEP] a` as different inputs, and a symmetric
+        relation (similarity, same question) should not depend on the order. This is the
+        sentence-transformers cross-encoder recipe for STS-B; it doubles the training steps."""
+        if not self.symmetric:
+            return train
+        from dataclasses import replace
+
+        return train + [replace(ex, text=ex.text_pair, text_pair=ex.text) for ex in train]
 
     def fit(self, train: list[Example]) -> None:
         self._ensure_mode(train).fit(train)

@@ -96,7 +96,7 @@ class Trainer:
     """Trains `model` on encoded features; `evaluate(model) -> metrics dict` scores dev."""
 
     def __init__(self, model, method, collate, pad_id: int, train_features: list[dict], evaluate, cfg, run_dir: Path,
-                 has_dev: bool = True):
+                 has_dev: bool = True, robust=None):
         self.model = model
         self.method = method
         self.collate = collate
@@ -106,6 +106,7 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.has_dev = has_dev
+        self.robust = robust  # RobustSection (adversarial training, R-Drop) or None
         self.ckpt = CheckpointManager(self.run_dir)
 
     def _optimizer(self):

@@ -1,0 +1,85 @@
+"""Config sections of the adaptation methods (issue #4), one class per method family.
+
+Each section is a field of `RunConfig` (`peft:`, `freeze:`, `fewshot:`, `zeroshot:`,
+`labels:`, `augment:`, `robust:`, `tune:`, `pretrain:`); a section is read only by the
+method or feature that owns it, so a config that sets `peft.r` with `method: full`
+is valid and simply unused (the report lists the method's own settings).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PeftSection(_Strict):
+    r: int = Field(8, ge=1, description="LoRA/AdaLoRA rank (AdaLoRA: the initial rank before pruning).")
+    alpha: int = Field(16, ge=1, description="LoRA scaling alpha (update scaled by alpha / r).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA path.")
+    target_modules: list[str] | None = Field(None, description="Module names to adapt; empty picks the attention and feed-forward projections of the model type.")
+    target_r: int = Field(4, ge=1, description="AdaLoRA: average rank after budget pruning.")
+    num_virtual_tokens: int = Field(20, ge=1, description="Prefix/prompt tuning: number of virtual tokens.")
+    init_text: str | None = Field(None, description="Prompt tuning: initialise the virtual tokens from this text (e.g. 'Classify the banking question:').")
+
+
+class FreezeSection(_Strict):
+    head_only: bool = Field(False, description="Train only the task head (a linear probe over the frozen encoder).")
+    top_k_layers: int | None = Field(None, ge=0, description="Train only the top N transformer layers (and the head); the rest stay frozen.")
+    freeze_embeddings: bool = Field(False, description="Keep the embedding layer frozen (with full fine-tuning or top_k_layers).")
+
+
+class FewShotSection(_Strict):
+    pair_budget: int = Field(20000, ge=10, description="Contrastive pairs sampled per epoch, whatever the data size (memory and time stay bounded).")
+    contrastive_epochs: float = Field(1.0, gt=0, description="Passes over the sampled pairs for the body.")
+    contrastive_lr: float = Field(2e-5, gt=0, description="Learning rate of the contrastive body training.")
+    batch_size: int = Field(16, ge=1, description="Pairs per contrastive step.")
+    head_epochs: int = Field(0, ge=0, description="Extra end-to-end epochs for the head after the linear fit (0: the logistic-regression head only).")
+    early_stopping_patience: int | None = Field(None, ge=1, description="Stop contrastive training after N evaluations without dev improvement.")
+
+
+class ZeroShotSection(_Strict):
+    variant: Literal["embedding", "lm"] = Field("embedding", description="`embedding`: similarity of text and label descriptions; `lm`: score each label with a causal language model.")
+    lm: str = Field("smollm2-135m", description="Causal LM for `variant: lm` (smollm2-135m English, gemma3-270m multilingual); prepare it once with `domaintune models prepare NAME`.")
+    template: str = Field("Text: {text}\nCategory:", description="Prompt for `variant: lm`; {text} is replaced by the input; each label (or its description) is scored as the continuation.")
+    embedding_template: str = Field("{label}", description="Text embedded per label for `variant: embedding`; {label} is the description or the label name.")
+    k_examples: int = Field(0, ge=0, description="In-context examples per prompt (few-shot prompting), drawn from train with the seed.")
+
+
+class LabelsSection(_Strict):
+    descriptions: dict[str, str] = Field(default_factory=dict, description="Label -> natural-language description (English or Chinese) for zero-shot; label names are used when empty.")
+
+
+class AugmentSection(_Strict):
+    enabled: bool = Field(False, description="Add augmented copies of the training texts (offline: EDA edits, lexicon synonyms, character noise).")
+    copies: int = Field(1, ge=1, description="Augmented copies per training text.")
+    swap: float = Field(0.1, ge=0, le=1, description="Share of words (Chinese: characters) randomly swapped.")
+    delete: float = Field(0.1, ge=0, le=1, description="Share of words randomly deleted.")
+    insert: float = Field(0.0, ge=0, le=1, description="Share of words inserted (a synonym from the lexicon, or a copy of a nearby word).")
+    synonyms: str | None = Field(None, description="Synonym lexicon file (one group per line, comma or space separated) for synonym replacement.")
+    char_noise: float = Field(0.0, ge=0, le=1, description="Share of characters with typo noise (English: swap/drop letters; Chinese: drop/duplicate characters).")
+
+
+class RobustSection(_Strict):
+    adversarial: Literal["none", "fgm", "pgd"] = Field("none", description="Adversarial training on the word embeddings: FGM (one step) or PGD (several).")
+    epsilon: float = Field(1.0, gt=0, description="Adversarial perturbation norm on the embeddings.")
+    pgd_steps: int = Field(3, ge=1, description="PGD: ascent steps per batch.")
+    rdrop_alpha: float = Field(0.0, ge=0, description="R-Drop: weight of the symmetric KL between two dropout passes (0 disables; 1-5 typical).")
+
+
+class TuneSection(_Strict):
+    trials: int = Field(20, ge=1, description="Optuna trials (the CLI's --trials overrides).")
+    space: dict[str, dict] = Field(default_factory=dict, description="Search space: key -> {low, high, log} or {choices: [...]}, e.g. train.lr: {low: 1e-5, high: 1e-4, log: true}; empty uses the method's defaults.")
+    storage: str | None = Field(None, description="Optuna storage URL; empty stores the study in OUTPUT_DIR/tune/study.db (SQLite), so an interrupted search resumes.")
+    pruning: bool = Field(True, description="Stop unpromising trials early on their intermediate dev scores (median pruner).")
+
+
+class PretrainSection(_Strict):
+    text_file: str | None = Field(None, description="Unlabelled domain text for `domaintune pretrain`: one text per line (.txt) or a column of a csv/tsv/jsonl.")
+    text_column: str | int = Field("text", description="Column with the text when text_file is a table.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens masked for masked-LM training.")
+    whole_word_mask: bool = Field(False, description="Mask whole words (Chinese: characters are words) instead of single sub-tokens.")
