@@ -56,8 +56,12 @@ def _check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
             f"or choose another directory with --set output_dir=runs/NAME")
 
 
-def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, splits: Splits | None = None) -> dict:
-    """Train, evaluate and write a complete run directory; return metrics.json's content."""
+def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, splits: Splits | None = None,
+              on_evaluate=None) -> dict:
+    """Train, evaluate and write a complete run directory; return metrics.json's content.
+
+    `on_evaluate(step, dev_metrics)` is called after each dev evaluation during training
+    (hyper-parameter search reports intermediate scores and prunes through it)."""
     t_total = time.perf_counter()
     task, method = get_task(cfg.task), get_method(cfg.method)
     task.configure(cfg)
@@ -108,7 +112,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     model = method.prepare(model, task)
     trainable = trainable_summary(model)
     fit_ctx = FitContext(task=task, cfg=cfg, train_cfg=train_cfg, model_dir=model_dir, run_dir=run_dir, tokenizer=tokenizer,
-                         pad_id=pad_id, splits=splits, features=feats, make_eval_context=ctx, resume=resume)
+                         pad_id=pad_id, splits=splits, features=feats, make_eval_context=ctx, resume=resume,
+                         extra={"on_evaluate": on_evaluate} if on_evaluate else {})
     result = method.fit(model, fit_ctx)
 
     # Thresholds (multi-label, out-of-scope) are tuned on dev, then saved beside the weights.

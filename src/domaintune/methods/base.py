@@ -50,7 +50,8 @@ class FitContext:
         return Trainer(model, method, self.task.collate, self.pad_id,
                        self.features["train"] if train_features is None else train_features,
                        evaluate=self.evaluate_dev, cfg=train_cfg or self.train_cfg, run_dir=self.run_dir,
-                       has_dev=bool(self.splits.dev), robust=getattr(self.cfg, "robust", None))
+                       has_dev=bool(self.splits.dev), robust=getattr(self.cfg, "robust", None),
+                       on_evaluate=self.extra.get("on_evaluate"))
 
 
 class Method:

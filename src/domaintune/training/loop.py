@@ -96,7 +96,7 @@ class Trainer:
     """Trains `model` on encoded features; `evaluate(model) -> metrics dict` scores dev."""
 
     def __init__(self, model, method, collate, pad_id: int, train_features: list[dict], evaluate, cfg, run_dir: Path,
-                 has_dev: bool = True, robust=None):
+                 has_dev: bool = True, robust=None, on_evaluate=None):
         self.model = model
         self.method = method
         self.collate = collate
@@ -107,6 +107,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.has_dev = has_dev
         self.robust = robust  # RobustSection (adversarial training, R-Drop) or None
+        self.on_step = getattr(method, "on_step", None)  # method hook after each optimizer step
+        self.on_evaluate = on_evaluate  # callback(step, metrics) after each dev evaluation (tune: pruning)
         self.ckpt = CheckpointManager(self.run_dir)
 
     def _optimizer(self):
@@ -166,6 +168,8 @@ class Trainer:
                     if cfg.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
+                    if self.on_step is not None:  # e.g. AdaLoRA's rank re-allocation, which needs the gradients
+                        self.on_step(self.model, state["global_step"] + 1)
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     micro += len(group)
@@ -193,6 +197,8 @@ class Trainer:
                         self.model.train()
                         state["train_seconds"] = time.perf_counter() - t_start
                         logger.evaluation(step, epoch_pos, metrics)
+                        if self.on_evaluate is not None:  # may raise (optuna.TrialPruned) to stop this run
+                            self.on_evaluate(step, metrics)
                         value = metrics[cfg.metric_for_best]
                         state["history"].append({"step": step, "epoch": round(epoch_pos, 4),
                                                  "elapsed_seconds": round(state["train_seconds"], 2),
