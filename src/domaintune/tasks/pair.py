@@ -156,11 +156,12 @@ class PairTask(Task):
         self._ensure_mode(train).fit(train)
 
     def state(self) -> dict:
-        return {"mode": self.mode, "mode_reason": self.mode_reason, **self._need().state()}
+        return {"mode": self.mode, "mode_reason": self.mode_reason, "symmetric": self.symmetric, **self._need().state()}
 
     def load_state(self, state: dict) -> None:
         mode = state.get("mode") or ("scoring" if "target" in state else "classification")
         self._choose(mode, state.get("mode_reason", ""))
+        self.symmetric = bool(state.get("symmetric", False))
         self.inner.load_state(state)
 
     def check_known(self, examples, problems):
@@ -183,8 +184,27 @@ class PairTask(Task):
         return self._need().collate(features, pad_id)
 
     # ---- scoring and prediction
+    def _symmetric_scores(self, model, examples, features, ctx):
+        """Scoring mode with `symmetric_pairs`: the mean of the predictions for (a, b) and (b, a),
+        so the score does not depend on the order the user happens to give (None otherwise)."""
+        inner = self._need()
+        if not (self.symmetric and isinstance(inner, RegressionTask)) or not examples:
+            return None
+        from dataclasses import replace
+
+        swapped = inner.encode(ctx.tokenizer, [replace(ex, text=ex.text_pair, text_pair=ex.text) for ex in examples],
+                               ctx.max_length, with_targets=False)
+        return (inner.raw_predictions(model, features, ctx) + inner.raw_predictions(model, swapped, ctx)) / 2
+
     def evaluate(self, model, examples, features, ctx):
-        return self._need().evaluate(model, examples, features, ctx)
+        scores = self._symmetric_scores(model, examples, features, ctx)
+        if scores is None:
+            return self._need().evaluate(model, examples, features, ctx)
+        from domaintune.tasks.regression import regression_metrics
+
+        y_true = [parse_number(ex.label) for ex in examples]
+        self.inner.last_eval = {"y_true": list(y_true), "y_pred": scores.tolist()}
+        return regression_metrics(y_true, scores)
 
     def calibrate(self, model, examples, features, ctx):
         return self._need().calibrate(model, examples, features, ctx)
@@ -270,7 +290,10 @@ class PairTask(Task):
         return ex
 
     def predict(self, model, examples, features, ctx, top_k=1):
-        return self._need().predict(model, examples, features, ctx, top_k)
+        scores = self._symmetric_scores(model, examples, features, ctx)
+        if scores is None:
+            return self._need().predict(model, examples, features, ctx, top_k)
+        return [{"prediction": float(v)} for v in scores]
 
     def output_fields(self, prediction: dict) -> dict:
         return self._need().output_fields(prediction)
