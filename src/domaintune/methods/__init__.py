@@ -13,6 +13,12 @@ from domaintune.methods.base import FitContext, Method, trainable_summary
 
 METHODS: dict[str, str] = {
     "full": "domaintune.methods.full:FullFineTuning",
+    "fewshot": "domaintune.methods.fewshot:FewShot",
+    "lora": "domaintune.methods.peft_methods:LoRA",
+    "adalora": "domaintune.methods.peft_methods:AdaLoRA",
+    "ia3": "domaintune.methods.peft_methods:IA3",
+    "prefix": "domaintune.methods.peft_methods:PrefixTuning",
+    "prompt": "domaintune.methods.peft_methods:PromptTuning",
 }
 
 
