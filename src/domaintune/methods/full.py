@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from domaintune.methods.base import Method
+from domaintune.methods.freeze import apply_freezing
 
 
 class FullFineTuning(Method):
@@ -11,4 +12,10 @@ class FullFineTuning(Method):
     def prepare(self, model, task=None):
         for p in model.parameters():
             p.requires_grad_(True)
+        section = getattr(getattr(self, "cfg", None), "freeze", None)
+        self.freeze_summary = apply_freezing(model, section) if section is not None else {}
         return model
+
+    def settings(self) -> dict:
+        summary = getattr(self, "freeze_summary", None)
+        return {"freeze": summary} if summary else {}
