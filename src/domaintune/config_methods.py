@@ -83,3 +83,5 @@ class PretrainSection(_Strict):
     text_column: str | int = Field("text", description="Column with the text when text_file is a table.")
     mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens masked for masked-LM training.")
     whole_word_mask: bool = Field(False, description="Mask whole words (Chinese: characters are words) instead of single sub-tokens.")
+    dev_fraction: float = Field(0.02, ge=0, lt=0.5, description="Share of the texts held out to score masked-LM loss (selects the best checkpoint; 0 disables).")
+    max_dev_texts: int = Field(1000, ge=1, description="Cap on held-out texts, so evaluation stays cheap on large corpora.")
