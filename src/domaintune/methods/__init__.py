@@ -13,6 +13,7 @@ from domaintune.methods.base import FitContext, Method, trainable_summary
 
 METHODS: dict[str, str] = {
     "full": "domaintune.methods.full:FullFineTuning",
+    "zeroshot": "domaintune.methods.zeroshot:ZeroShot",
     "fewshot": "domaintune.methods.fewshot:FewShot",
     "lora": "domaintune.methods.peft_methods:LoRA",
     "adalora": "domaintune.methods.peft_methods:AdaLoRA",
