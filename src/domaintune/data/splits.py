@@ -134,12 +134,33 @@ def prepare_data(cfg, task=None) -> Splits:
     task.check(train, {"dev": dev, "test": test}, problems)
     if [p for p in problems if not p.warning]:
         raise DataError(problems)
-    warnings = [w for w in (overlap_warning(train, test, "test"), overlap_warning(train, dev, "dev")) if w]
+    sampled = None
+    if d.k_shot:  # after dev/test are split off and checked on the whole train: they stay whole
+        train, sampled = apply_k_shot(train, d.k_shot, seed, task)
+    warnings = [w for w in (overlap_warning(train, test, "test"), overlap_warning(train, dev, "dev"), sampled) if w]
     warnings += [p for p in problems if p.warning]
     for w in warnings:
         log.warning("%s", w)
     task.fit(train)
     return Splits(train, dev, test, list(task.labels), warnings, dev_from_train, test_from_train)
+
+
+def apply_k_shot(train: list[Example], k: int, seed: int, task) -> tuple[list[Example], Problem]:
+    """`data.k_shot`: k training examples per class (domaintune.data.kshot); the warning says what was kept."""
+    from domaintune.data.kshot import sample_k_shot, sample_k_shot_multilabel
+
+    name = getattr(task, "name", "")
+    if name == "multilabel":
+        sample = sample_k_shot_multilabel(train, k, seed, task.label_set)
+    elif name == "classification" or (name == "pair" and getattr(task, "mode", None) == "classification"):
+        sample = sample_k_shot(train, k, seed, lambda ex: ex.label)
+    else:
+        what = "pair scoring (numeric labels)" if name == "pair" else f"task {name!r}"
+        raise DataError([Problem("<config>", None, f"data.k_shot={k} samples k examples per class, but {what} has no "
+                                 "classes to sample by",
+                                 "remove data.k_shot (it applies to classification, multilabel and pair "
+                                 "classification), or subsample the training file yourself")])
+    return sample.examples, Problem(train[0].source if train else "<config>", None, sample.summary(), warning=True)
 
 
 @dataclass(frozen=True)
