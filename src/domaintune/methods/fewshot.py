@@ -292,7 +292,7 @@ class FewShot(Method):
         torch.manual_seed(tcfg.seed)
         logger = TrainingLogger(run.run_dir, steps)
         history, best, best_state, best_step, bad, stopped = [], None, None, None, 0, False
-        t_start = time.perf_counter()
+        t_start, c_start = time.perf_counter(), time.process_time()
         seen, window_loss, window_n, window_steps, window_t = 0, 0.0, 0, 0, time.perf_counter()
         step = 0
         model.train()
@@ -350,7 +350,9 @@ class FewShot(Method):
         seconds = time.perf_counter() - t_start
         self._fit_info = {"contrastive_steps": step, "texts_per_step": sampler.batch_size,
                           "pairs_per_step": sampler.pairs_per_step, "pairs_seen": step * sampler.pairs_per_step,
-                          "head_fit_seconds": round(head_seconds, 2)}
+                          "head_fit_seconds": round(head_seconds, 2),
+                          # process CPU time of fit (all threads): comparable across runs on a shared machine
+                          "fit_cpu_seconds": round(time.process_time() - c_start, 2)}
         model.eval()
         return TrainResult(seconds=seconds, samples_per_second=seen / max(seconds, 1e-9), global_step=step,
                            epochs_completed=seen / len(feats), best_step=best_step if has_dev else step,
