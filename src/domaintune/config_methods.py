@@ -77,6 +77,7 @@ class RobustSection(_Strict):
     adversarial: Literal["none", "fgm", "pgd"] = Field("none", description="Adversarial training on the word embeddings: FGM (one step) or PGD (several).")
     epsilon: float = Field(1.0, gt=0, description="Adversarial perturbation norm on the embeddings.")
     pgd_steps: int = Field(3, ge=1, description="PGD: ascent steps per batch.")
+    pgd_alpha: float = Field(0.3, gt=0, description="PGD: size of each ascent step (the total stays within epsilon).")
     rdrop_alpha: float = Field(0.0, ge=0, description="R-Drop: weight of the symmetric KL between two dropout passes (0 disables; 1-5 typical).")
 
 

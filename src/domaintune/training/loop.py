@@ -145,6 +145,9 @@ class Trainer:
                 set_rng_state(extra["rng"])
                 log.info("resumed from %s (step %d, epoch %d)", latest.name, state["global_step"], state["epoch"])
 
+        from domaintune.training.robust import make_robust_step
+
+        robust_step = make_robust_step(self.model, self.robust)
         logger = TrainingLogger(self.run_dir, total_steps, start_step=state["global_step"])
         self.model.train()
         t_start = time.perf_counter() - state["train_seconds"]
@@ -160,6 +163,9 @@ class Trainer:
                     n_group = sum(len(b) for b in group)
                     for b in group:
                         batch = self.collate([self.features[i] for i in b], self.pad_id)
+                        if robust_step is not None:  # FGM / PGD / R-Drop: domaintune.training.robust
+                            window_loss += robust_step(batch, len(b) / n_group, bf16)
+                            continue
                         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                             loss = self.model(**batch).loss
                         # Weight by batch size so a short last batch counts as much as its examples.
