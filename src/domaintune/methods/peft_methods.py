@@ -123,7 +123,7 @@ class PeftMethod(Method):
             "method": self.name, "peft_type": str(pm.peft_config["default"].peft_type.value),
             "base_model": self.cfg.model, "base_model_path": str(self.base_model_dir),
             "task": task.name, "task_state": task.state(), "mergeable": self.mergeable,
-            "modules_to_save": sorted(set(pm.peft_config["default"].modules_to_save or [])), **self.info})
+            "modules_to_save": getattr(self, "_used_heads", None), **self.info})
 
     def settings(self) -> dict:
         s = self.section
@@ -163,13 +163,19 @@ class AdaLoRA(PeftMethod):
 
     name = "adalora"
 
+    def configure(self, cfg) -> None:
+        super().configure(cfg)
+        if self.section.target_r >= self.section.r:
+            raise ValueError(f"method adalora prunes ranks from peft.r={self.section.r} down to an average of "
+                             f"peft.target_r={self.section.target_r}: set target_r below r (e.g. r: 8, target_r: 4)")
+
     def peft_config(self, inner, task_type):
         from peft import AdaLoraConfig
 
         common = self._common(inner, task_type)
         self._used_targets, self._used_heads = self._targets(inner), list(common["modules_to_save"])
         total = self.cfg.train.max_steps or 1000  # provisional; `fit` sets the real count before step 1
-        return AdaLoraConfig(init_r=self.section.r, target_r=min(self.section.target_r, self.section.r),
+        return AdaLoraConfig(init_r=self.section.r, target_r=self.section.target_r,
                              lora_alpha=self.section.alpha, lora_dropout=self.section.dropout,
                              target_modules=self._used_targets, exclude_modules=EXCLUDE,
                              total_step=max(total, 3), **_schedule(max(total, 3)), **common)
@@ -198,7 +204,7 @@ class AdaLoRA(PeftMethod):
         peft_model_of(model).base_model.update_and_allocate(global_step)
 
     def _settings(self, s):
-        return {"init_r": s.r, "target_r": min(s.target_r, s.r), "alpha": s.alpha, "dropout": s.dropout}
+        return {"init_r": s.r, "target_r": s.target_r, "alpha": s.alpha, "dropout": s.dropout}
 
 
 def _schedule(total: int) -> dict:
