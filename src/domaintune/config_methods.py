@@ -64,13 +64,14 @@ class LabelsSection(_Strict):
 
 
 class AugmentSection(_Strict):
-    enabled: bool = Field(False, description="Add augmented copies of the training texts (offline: EDA edits, lexicon synonyms, character noise).")
-    copies: int = Field(1, ge=1, description="Augmented copies per training text.")
+    enabled: bool = Field(False, description="Add augmented copies of the training texts (offline: EDA edits, lexicon synonyms, character noise); dev/test never change.")
+    copies: int = Field(1, ge=1, description="Augmented copies per training text; each copy gets one operation drawn among those enabled (as in EDA).")
     swap: float = Field(0.1, ge=0, le=1, description="Share of words (Chinese: characters) randomly swapped.")
-    delete: float = Field(0.1, ge=0, le=1, description="Share of words randomly deleted.")
-    insert: float = Field(0.0, ge=0, le=1, description="Share of words inserted (a synonym from the lexicon, or a copy of a nearby word).")
+    delete: float = Field(0.1, ge=0, le=1, description="Share of words (Chinese: characters) randomly deleted.")
+    insert: float = Field(0.0, ge=0, le=1, description="Share of words inserted (a synonym from the lexicon, or a copy of a word of the text).")
     synonyms: str | None = Field(None, description="Synonym lexicon file (one group per line, comma or space separated) for synonym replacement.")
-    char_noise: float = Field(0.0, ge=0, le=1, description="Share of characters with typo noise (English: swap/drop letters; Chinese: drop/duplicate characters).")
+    replace: float = Field(0.1, ge=0, le=1, description="Share of words replaced by a lexicon synonym (needs augment.synonyms; Chinese entries match as substrings).")
+    char_noise: float = Field(0.0, ge=0, le=1, description="Share of characters with typo noise (English: swap/drop/double letters; Chinese: drop/double/swap characters).")
 
 
 class RobustSection(_Strict):

@@ -21,6 +21,7 @@ from transformers import AutoTokenizer
 
 from domaintune.config import RunConfig, dump_config
 from domaintune.data import LabelMap, Splits, prepare_data
+from domaintune.data.augment import augment_training
 from domaintune.evaluation.metrics import summary
 from domaintune.evaluation.report import write_report
 from domaintune.methods import FitContext, get_method, trainable_summary
@@ -91,7 +92,7 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    parts = {"train": task.training_examples(splits.train), "dev": splits.dev, "test": splits.test}
+    parts = {"train": augment_training(task, task.training_examples(splits.train), cfg), "dev": splits.dev, "test": splits.test}
     feats = {name: task.encode(tokenizer, part, cfg.train.max_length) for name, part in parts.items()}
 
     seed_everything(cfg.train.seed)
