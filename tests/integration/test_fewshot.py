@@ -74,7 +74,7 @@ def make_config(tmp, rows, name, model, fewshot: dict, data_extra=(), **train):
     paths = {k: write_csv(tmp / name / f"{k}.csv", r) for k, r in
              (("train", train_rows), ("dev", dev_rows), ("test", test_rows))}
     settings = {"batch_size": 8, "max_length": 32, "log_every": 1, "seed": 7, **train}
-    lines = [f"model: {model}", "method: fewshot", f"output_dir: {tmp / name / 'run'}", "baseline: true", "data:",
+    lines = [f"model: {model}", "method: fewshot", f"output_dir: {tmp / name / 'run'}", "baseline: false", "data:",
              f"  train: {paths['train']}", f"  dev: {paths['dev']}", f"  test: {paths['test']}", *data_extra, "train:"]
     lines += [f"  {k}: {v}" for k, v in settings.items()]
     if fewshot:
@@ -164,7 +164,6 @@ def test_saved_head_is_the_fitted_logistic_regression(en_run):
 def test_fewshot_chinese_m3e_small(tmp_path):
     cfg, run_dir = make_config(tmp_path, split_rows(ZH, 6, 2), "zh", "m3e-small",
                                {"batch_size": 12, "samples_per_class": 4, "pair_budget": 400, "contrastive_lr": 5e-5})
-    cfg.baseline = False
     m = train_run(cfg)  # no early stopping configured: dev is scored once, at the end
     assert m["history"] == [] and m["method_settings"]["contrastive_steps"] == 7
     assert m["test"]["accuracy"] >= 0.6, m["test"]  # chance is 1/3
@@ -181,3 +180,23 @@ def test_fewshot_rejects_unsupported_task(tmp_path):
     cfg.task = "regression"
     with pytest.raises(ValueError, match="method fewshot supports task classification"):
         get_method("fewshot").configure(cfg)
+
+
+def test_fewshot_multilabel_with_k_shot(tmp_path):
+    """Multi-label: k_shot by label presence, in-batch positives = texts sharing a label, one LR per label."""
+    from data_multilabel import LABELS, make_rows
+
+    rows = (make_rows(96, seed=1), make_rows(24, seed=2), make_rows(24, seed=3))
+    cfg, run_dir = make_config(tmp_path, rows, "ml", "minilm-l6",
+                               {"batch_size": 12, "samples_per_class": 3, "pair_budget": 330, "contrastive_lr": 5e-5},
+                               data_extra=["  k_shot: 8"])
+    cfg.task = "multilabel"
+    m = train_run(cfg)
+    assert m["data"]["train_examples"] < 96 and any("k_shot=8" in w for w in m["data"]["warnings"])
+    assert m["method_settings"]["contrastive_steps"] == 5
+    assert m["test"]["micro_f1"] >= 0.5, m["test"]
+    head = json.loads((run_dir / "model" / "domaintune_head.json").read_text())
+    assert head["problem"] == "multi_label"
+    out = Predictor(run_dir).predict(["三号线主电机突然停转，并且操作工差点在地面油渍上滑倒"])
+    assert {x["label"] for x in out[0]["labels"]} <= set(LABELS)
+    assert all(0 <= x["score"] <= 1 for x in out[0]["labels"])
