@@ -13,8 +13,9 @@ What this module adds is the glue a user of `domaintune train` expects:
   default's by construction: the best is a maximum over a set that includes it.
   The enqueued default is never pruned.
 * Pruning: `train_run(on_evaluate=...)` reports each dev evaluation to the trial;
-  the median pruner stops trials that fall below the median of earlier trials
-  at the same step (methods that do not evaluate during training, e.g.
+  after 5 finished trials, the median pruner stops a trial whose dev score is
+  below the median of earlier trials at the same step, but never in the first
+  third of its own steps (methods that do not evaluate during training, e.g.
   zero-shot, simply are never pruned).
 * Resuming: the study lives in SQLite (OUTPUT_DIR/tune/study.db or
   `tune.storage`) and is loaded if it exists. `--trials N` means N finished
@@ -237,7 +238,7 @@ def tune(cfg: RunConfig, trials: int | None = None, timeout: float | None = None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = _storage_url(cfg, tune_dir)
     study_name = out_dir.name or "domaintune"
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0) if cfg.tune.pruning \
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if cfg.tune.pruning \
         else optuna.pruners.NopPruner()
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=cfg.train.seed), pruner=pruner)
@@ -263,11 +264,13 @@ def tune(cfg: RunConfig, trials: int | None = None, timeout: float | None = None
         trial.set_user_attr("run_dir", str(run_dir))
         metric = trial_cfg.train.metric_for_best or get_task(trial_cfg.task).default_metric
 
+        warmup = _pruning_warmup(trial_cfg, splits)
+
         def on_evaluate(step: int, dev: dict) -> None:
             if metric not in dev:
                 return
             trial.report(float(dev[metric]), step)
-            if not is_default and trial.should_prune():
+            if not is_default and step >= warmup and trial.should_prune():
                 raise optuna.TrialPruned(f"dev {metric} {dev[metric]:.4f} at step {step} is below the median")
 
         t0 = time.perf_counter()
@@ -314,6 +317,20 @@ def tune(cfg: RunConfig, trials: int | None = None, timeout: float | None = None
     else:
         log.info("tune: %d trials already done in %s", n_target - remaining, storage)
     return write_outputs(study, cfg, tune_dir)
+
+
+def _pruning_warmup(cfg: RunConfig, splits) -> int:
+    """First step at which a trial may be pruned: a third of its planned steps.
+
+    The first evaluations mostly reflect the probe-initialised head and the
+    warm-up, and trials with different batch sizes reach a step number after
+    different amounts of data; judging them that early pruned good configs."""
+    t = cfg.train
+    if t.max_steps:
+        return max(1, t.max_steps // 3)
+    n = len(splits.train) if splits is not None else 0
+    per_epoch = math.ceil(n / (t.batch_size * t.grad_accum)) if n else 0
+    return max(1, int(per_epoch * t.epochs / 3))
 
 
 def _n_done(study, TrialState) -> int:

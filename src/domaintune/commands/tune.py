@@ -30,6 +30,10 @@ def register(app) -> None:
             summary = tune(cfg, trials=trials, timeout=timeout)
         except (*base.USER_ERRORS, TuneError) as e:
             base._fail(e)
+        except KeyboardInterrupt:
+            base.console.print("interrupted: finished trials are saved in the study; run the same command again "
+                               "to continue (the interrupted trial runs again)")
+            raise typer.Exit(130)
         tune_dir = Path(cfg.output_dir) / "tune"
         best, states = summary["best"], summary["states"]
         base.out.print(f"{summary['n_trials']} trials ({states['complete']} complete, {states['pruned']} pruned, "
