@@ -239,11 +239,27 @@ class IA3(PeftMethod):
         return IA3Config(target_modules=targets, feedforward_modules=ff, exclude_modules=EXCLUDE, **common)
 
 
-class PrefixTuning(PeftMethod):
+class _VirtualTokens(PeftMethod):
+    """Prefix and prompt tuning: peft keeps the base model's word embeddings a second time as
+    `PeftModel.word_embeddings`, so the state dict holds one tensor under two names, which
+    safetensors refuses to write (the Trainer's checkpoints). The module stays reachable as a
+    plain attribute (peft's forward reads it) but is no longer registered as a sub-module."""
+
+    mergeable = False
+
+    def prepare(self, model, task=None):
+        model = super().prepare(model, task)
+        pm = peft_model_of(model)
+        emb = pm._modules.pop("word_embeddings", None)
+        if emb is not None:
+            object.__setattr__(pm, "word_embeddings", emb)
+        return model
+
+
+class PrefixTuning(_VirtualTokens):
     """Trainable key/value prefixes in every attention layer (Li & Liang 2021). Cannot be merged."""
 
     name = "prefix"
-    mergeable = False
 
     def peft_config(self, inner, task_type):
         from peft import PrefixTuningConfig
@@ -256,7 +272,7 @@ class PrefixTuning(PeftMethod):
         return {"num_virtual_tokens": s.num_virtual_tokens}
 
 
-class PromptTuning(PeftMethod):
+class PromptTuning(_VirtualTokens):
     """Trainable virtual tokens prepended to the input embeddings (Lester et al. 2021). Cannot be merged.
 
     Virtual tokens start as the embeddings of `peft.init_text` or, without it, of random
@@ -265,7 +281,6 @@ class PromptTuning(PeftMethod):
     """
 
     name = "prompt"
-    mergeable = False
     # peft's token-classification prompt tuning returns logits for the virtual tokens too, so
     # they no longer line up with the word labels: NER uses lora, adalora, ia3 or prefix.
     tasks = tuple(t for t in TASK_TYPES if t != "ner")
