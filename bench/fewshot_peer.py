@@ -64,6 +64,17 @@ def _child(spec_path: str) -> None:
                                  save_strategy="no", show_progress_bar=False)
         train = Dataset.from_dict({"text": spec["train_texts"], "label": spec["train_labels"]})
         trainer = Trainer(model=model, args=args, train_dataset=train)
+        if spec.get("progress"):  # one line per 10 steps: how far a run got if it is stopped
+            from transformers import TrainerCallback
+
+            class Progress(TrainerCallback):
+                def on_step_end(self, a, state, control, **kw):
+                    if state.global_step % 10 == 0:
+                        with open(spec["progress"], "a", encoding="utf-8") as f:
+                            f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps,
+                                                "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
+
+            trainer.callback_handler.add_callback(Progress())
         t1, c1 = time.perf_counter(), time.process_time()
         trainer.train()
         train_seconds, cpu_seconds = time.perf_counter() - t1, time.process_time() - c1
@@ -96,7 +107,7 @@ def physical_cores() -> int:
 
 
 def run_setfit(model_dir, train_texts, train_labels, test_texts, test_labels, seed: int, num_iterations: int = 20,
-               batch_size: int = 16, num_epochs: int = 1, threads: int | None = None) -> dict:
+               batch_size: int = 16, num_epochs: int = 1, threads: int | None = None, progress: str | None = None) -> dict:
     """SetFit with its defaults on these examples, in a child process; -> dict(accuracy, seconds, peak_rss_mb, ...).
 
     Labels may be strings or ints (they are mapped to ids by sorted label name,
@@ -108,7 +119,8 @@ def run_setfit(model_dir, train_texts, train_labels, test_texts, test_labels, se
                 "train_labels": [ids[str(l)] for l in train_labels], "test_texts": list(test_texts),
                 "test_labels": [ids[str(l)] for l in test_labels], "seed": int(seed),
                 "num_iterations": num_iterations, "batch_size": batch_size, "num_epochs": num_epochs,
-                "threads": threads or physical_cores(), "result": str(Path(tmp) / "result.json")}
+                "threads": threads or physical_cores(), "result": str(Path(tmp) / "result.json"),
+                "progress": progress}
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)],
@@ -139,11 +151,12 @@ def main() -> None:
     ap.add_argument("--k-shot", type=int, default=8)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--set", action="append", default=[], help="config override, as for domaintune train")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: one per physical core)")
     ap.add_argument("--output", required=True)
     a = ap.parse_args()
     model_dir, train, test = examples_for(a.config, a.k_shot, a.seed, a.set)
     result = run_setfit(model_dir, [e.text for e in train], [e.label for e in train], [e.text for e in test],
-                        [e.label for e in test], a.seed)
+                        [e.label for e in test], a.seed, threads=a.threads, progress=a.output + ".progress.jsonl")
     result.update(config=a.config, k_shot=a.k_shot)
     Path(a.output).parent.mkdir(parents=True, exist_ok=True)
     Path(a.output).write_text(json.dumps(result, indent=2), encoding="utf-8")
