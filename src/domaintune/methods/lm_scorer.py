@@ -81,7 +81,8 @@ class LMScorer(nn.Module):
     """logits[i, l] = mean (or sum) over label l's tokens of log P(token | prompt(text_i), previous label tokens)."""
 
     def __init__(self, lm: nn.Module, prefix_ids: list[int], suffix_ids: list[int], label_ids: list[list[int]],
-                 score: str = "mean", special_ids: list[int] = (), pad_id: int = 0, max_rows: int = 256):
+                 score: str = "mean", special_ids: list[int] = (), pad_id: int = 0, max_rows: int = 256,
+                 bias: list[float] | None = None):
         super().__init__()
         if score not in ("mean", "sum"):
             raise ValueError(f"score must be 'mean' or 'sum', not {score!r}")
@@ -89,6 +90,8 @@ class LMScorer(nn.Module):
         self.prefix_ids, self.suffix_ids = list(prefix_ids), list(suffix_ids)
         self.label_ids = [list(x) for x in label_ids]
         self.score, self.special_ids, self.pad_id, self.max_rows = score, set(special_ids), int(pad_id), int(max_rows)
+        #: Contextual calibration: the scores of a content-free input, subtracted from every row.
+        self.bias = [0.0] * len(self.label_ids) if bias is None else [float(b) for b in bias]
         for p in self.lm.parameters():
             p.requires_grad_(False)
 
@@ -116,7 +119,9 @@ class LMScorer(nn.Module):
         ids, mask = self._prompts(input_ids, attention_mask)
         batch, n_labels = ids.shape[0], len(self.label_ids)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        # logits_to_keep=1: only the last position's vocabulary logits (Gemma's 262k-word head over every
+        # prompt position would cost B x P x 262144 floats)
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)            # (B, vocab)
         scores = first[:, [t[0] for t in self.label_ids]].clone()               # (B, L): each label's first token
         lengths = torch.tensor([len(t) for t in self.label_ids], dtype=scores.dtype)
@@ -144,15 +149,31 @@ class LMScorer(nn.Module):
             picked = logp.gather(-1, tgt.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (tgt >= 0)
             scores[:, chunk] += picked.sum(-1).view(batch, len(chunk))
         logits = scores / lengths if self.score == "mean" else scores
+        logits = logits - torch.tensor(self.bias, dtype=logits.dtype)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    @torch.inference_mode()
+    def calibrate(self, content_free_ids: list[list[int]]) -> list[float]:
+        """Contextual calibration (Zhao et al. 2021, "Calibrate before use"): set `bias` to the mean scores of
+        content-free inputs (e.g. "N/A"), so a label the prompt favours a priori (shorter, more frequent
+        tokens) loses that head start. One forward per content-free text; returns the bias."""
+        self.bias = [0.0] * len(self.label_ids)
+        rows = []
+        for ids in content_free_ids:
+            t = torch.tensor([ids], dtype=torch.long)
+            rows.append(self(input_ids=t, attention_mask=torch.ones_like(t)).logits[0])
+        self.bias = torch.stack(rows).mean(0).tolist()
+        return self.bias
 
     def head_config(self, **extra) -> dict:
         return {"kind": "lm_scorer", "num_labels": len(self.label_ids), "prefix_ids": self.prefix_ids,
                 "suffix_ids": self.suffix_ids, "label_ids": self.label_ids, "score": self.score,
                 "special_ids": sorted(self.special_ids), "pad_id": self.pad_id, "max_rows": self.max_rows,
+                "bias": self.bias,
                 "note": "logits[l] = mean (score: mean) or sum (score: sum) log-prob of label l's tokens after "
-                        "prefix_ids + text + suffix_ids; the LM loads with transformers.AutoModelForCausalLM",
+                        "prefix_ids + text + suffix_ids, minus bias[l] (the scores of a content-free input, "
+                        "contextual calibration; zeros when off); the LM loads with transformers.AutoModelForCausalLM",
                 **extra}
 
     def save(self, tokenizer, out_dir: Path, **extra) -> None:
@@ -181,7 +202,7 @@ def load_lm_scorer(task, model_dir) -> LMScorer:
     cfg = json.loads((model_dir / HEAD_FILE).read_text(encoding="utf-8"))
     model = LMScorer(load_causal_lm(model_dir), cfg["prefix_ids"], cfg["suffix_ids"], cfg["label_ids"],
                      cfg.get("score", "mean"), cfg.get("special_ids", []), cfg.get("pad_id", 0),
-                     cfg.get("max_rows", 256))
+                     cfg.get("max_rows", 256), cfg.get("bias"))
     if task is not None and getattr(task, "labels", None) and len(task.labels) != len(model.label_ids):
         raise ValueError(f"{model_dir}: scorer has {len(model.label_ids)} labels but the run has "
                          f"{len(task.labels)} (labels.json / task.json do not match the model)")

@@ -37,6 +37,9 @@ from domaintune.methods.base import Method
 
 log = logging.getLogger("domaintune")
 
+#: Content-free input for contextual calibration of the LM variant (Zhao et al. 2021 use "N/A").
+CONTENT_FREE = ("N/A",)
+
 
 def label_texts(labels: list[str], descriptions: dict[str, str]) -> list[str]:
     """Description per label, or the label name made readable (`card_arrival` -> `card arrival`)."""
@@ -77,12 +80,14 @@ class ZeroShot(Method):
         self.build_seconds = 0.0
         self._texts: list[str] = []
         self._examples: list[tuple[str, str]] = []
+        self._bias: list[float] = []
 
     def settings(self) -> dict:
         common = {"variant": self.zs.variant, "label_texts": self._texts, "trains": False}
         if self.zs.variant == "embedding":
             return {**common, "embedding_template": self.zs.embedding_template, "scale": self.zs.scale}
         return {**common, "lm": self.zs.lm, "template": self.zs.template, "score": self.zs.score,
+                "calibrate": self.zs.calibrate, "calibration_bias": [round(b, 4) for b in self._bias],
                 "k_examples": self.zs.k_examples, "examples": [{"text": t, "label": l} for t, l in self._examples]}
 
     # ---- build: the whole "training" happens here
@@ -148,6 +153,9 @@ class ZeroShot(Method):
         if self.zs.variant == "lm":
             if self.zs.k_examples:
                 self._add_examples(model, run.task, run.splits.train, run.cfg.train.max_length)
+            if self.zs.calibrate:
+                self._bias = model.calibrate([self.lm_tokenizer(t, add_special_tokens=False)["input_ids"]
+                                              for t in CONTENT_FREE])
             # The scorer reads LM token ids: re-encode dev/test with the LM tokenizer for evaluation, and
             # keep the encoder's features to put back in `save` (the frozen-encoder baseline runs after it).
             self._encoder_features = {k: run.features[k] for k in ("dev", "test")}
