@@ -136,7 +136,7 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
             m.pop("confusion_matrix", None)
 
     metrics = {
-        "name": run_dir.name, "task": cfg.task, "method": cfg.method, "model": cfg.model, "model_path": str(model_dir),
+        "name": run_dir.name, "run_dir": str(run_dir), "task": cfg.task, "method": cfg.method, "model": cfg.model, "model_path": str(model_dir),
         "labels": list(task.labels), "metric_for_best": metric_for_best, "headline": list(task.headline),
         "data": {"train_examples": len(splits.train), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
                  "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,

@@ -128,3 +128,42 @@ def test_chinese_pair_classification(tmp_path):
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0 and set(metrics["baseline"]) == {"majority", "frozen_linear", "frozen_cosine"}
     pred = Predictor(tmp_path / "afqmc").predict([("花呗怎么还款", "花呗如何还钱"), ("怎么开通花呗", "借呗利息多少")])
     assert [p["label"] in {"0", "1"} for p in pred] == [True, True] and 0.5 <= pred[0]["score"] <= 1.0
+
+
+def test_pair_scoring_with_a_bi_encoder(tmp_path):
+    """data.pair_encoder: bi - cosine of two embeddings; reloads identically, order-free, loads in sentence-transformers."""
+    data = tmp_path / "sts.csv"
+    data.write_text("\n".join(_sts_rows(60, seed=1)) + "\n", encoding="utf-8")
+    cfg = write_config(tmp_path / "sts.yaml", (
+        f"task: pair\nmodel: minilm-l6\noutput_dir: {tmp_path / 'bi'}\nbaseline: true\n"
+        f"data:\n  train: {data}\n  format: tsv\n  has_header: false\n  text_column: 5\n  text_pair_column: 6\n"
+        "  label_column: 4\n  test_fraction: 0.2\n  dev_fraction: 0.15\n  pair_encoder: bi\n"
+        "train:\n  max_steps: 6\n  batch_size: 8\n  lr: 1.0e-4\n  max_length: 32\n"))
+    metrics = train_run(load_config(cfg))
+    run = tmp_path / "bi"
+    assert json.loads((run / "task.json").read_text())["pair_encoder"] == "bi"
+    assert json.loads((run / "model" / "domaintune_head.json").read_text())["kind"] == "pair_biencoder"
+    assert set(metrics["baseline"]) == {"mean", "frozen_cosine"}
+    pairs = [("A man is playing a guitar.", "A woman is cooking pasta."), ("A dog is riding a horse.", "A dog is riding a horse.")]
+    predictor = Predictor(run)
+    ab = [p["prediction"] for p in predictor.predict(pairs)]
+    ba = [p["prediction"] for p in predictor.predict([(b, a) for a, b in pairs])]
+    assert ab == pytest.approx(ba, abs=1e-4)
+    assert ab[1] > ab[0]  # identical sentences score above unrelated ones
+    # The tuned encoder is a sentence-transformers model too (mean pooling + normalisation files).
+    from sentence_transformers import SentenceTransformer
+
+    emb = SentenceTransformer(str(run / "model"), device="cpu").encode(["A cat sleeps.", "一只猫在睡觉。"])
+    assert emb.shape == (2, 384)
+
+
+def test_bi_encoder_rejects_class_labels(tmp_path):
+    from domaintune.data import DataError
+
+    data = tmp_path / "afqmc.tsv"
+    data.write_text("花呗怎么还款\t花呗如何还钱\t1\n借呗额度怎么提升\t花呗可以分期吗\t0\n" * 10, encoding="utf-8")
+    cfg = write_config(tmp_path / "c.yaml", (
+        f"task: pair\noutput_dir: {tmp_path / 'c'}\ndata:\n  train: {data}\n  format: tsv\n  has_header: false\n"
+        "  text_column: 0\n  text_pair_column: 1\n  label_column: 2\n  pair_encoder: bi\n"))
+    with pytest.raises(DataError, match="pair_encoder"):
+        train_run(load_config(cfg))

@@ -69,11 +69,17 @@ class PairTask(Task):
         self._loss_cfg = None
         self._pending_labels: list[str] = []
         self.symmetric = False  # data.symmetric_pairs: train on both orders of each pair
+        self.encoder_kind = "cross"  # data.pair_encoder: cross-encoder, or bi-encoder for scoring
 
     # ---- mode and delegation
     def _choose(self, mode: str, reason: str) -> None:
         self.mode, self.mode_reason = mode, reason
-        self.inner = RegressionTask() if mode == "scoring" else ClassificationTask()
+        if mode == "scoring" and self.encoder_kind == "bi":
+            from domaintune.tasks.pair_biencoder import BiScoringTask
+
+            self.inner = BiScoringTask()
+        else:
+            self.inner = RegressionTask() if mode == "scoring" else ClassificationTask()
         if self._loss_cfg is not None and isinstance(self.inner, RegressionTask):
             self.inner.configure(self._loss_cfg)
 
@@ -117,6 +123,7 @@ class PairTask(Task):
     def configure(self, cfg) -> None:
         self._loss_cfg = cfg
         self.symmetric = bool(getattr(getattr(cfg, "data", None), "symmetric_pairs", False))
+        self.encoder_kind = getattr(getattr(cfg, "data", None), "pair_encoder", "cross") or "cross"
         if isinstance(self.inner, RegressionTask):
             self.inner.configure(cfg)
 
@@ -133,6 +140,11 @@ class PairTask(Task):
 
     def check(self, train, others, problems: list[Problem]) -> None:
         inner = self._ensure_mode(train)
+        if self.encoder_kind == "bi" and self.mode != "scoring":
+            problems.append(Problem(str(train[0].source) if train else "", None,
+                                    f"data.pair_encoder: bi scores pairs, but the labels mean classification ({self.mode_reason})",
+                                    "remove data.pair_encoder (a pair classifier is a cross-encoder) or give numeric scores"))
+            return
         if self.mode == "scoring":  # a few non-numbers among numeric scores are typos: report each one
             check_numeric_labels(train, problems, "score")
             for exs in others.values():
@@ -146,7 +158,7 @@ class PairTask(Task):
         sees `[CLS] a [SEP] b` and `[CLS] b [SEP] a` as different inputs, and a symmetric
         relation (similarity, same question) should not depend on the order. This is the
         sentence-transformers cross-encoder recipe for STS-B; it doubles the training steps."""
-        if not self.symmetric:
+        if not self.symmetric or self.encoder_kind == "bi":  # a bi-encoder is symmetric by construction
             return train
         from dataclasses import replace
 
@@ -156,10 +168,12 @@ class PairTask(Task):
         self._ensure_mode(train).fit(train)
 
     def state(self) -> dict:
-        return {"mode": self.mode, "mode_reason": self.mode_reason, "symmetric": self.symmetric, **self._need().state()}
+        return {"mode": self.mode, "mode_reason": self.mode_reason, "symmetric": self.symmetric,
+                "pair_encoder": self.encoder_kind, **self._need().state()}
 
     def load_state(self, state: dict) -> None:
         mode = state.get("mode") or ("scoring" if "target" in state else "classification")
+        self.encoder_kind = state.get("pair_encoder", "cross")
         self._choose(mode, state.get("mode_reason", ""))
         self.symmetric = bool(state.get("symmetric", False))
         self.inner.load_state(state)
@@ -188,7 +202,7 @@ class PairTask(Task):
         """Scoring mode with `symmetric_pairs`: the mean of the predictions for (a, b) and (b, a),
         so the score does not depend on the order the user happens to give (None otherwise)."""
         inner = self._need()
-        if not (self.symmetric and isinstance(inner, RegressionTask)) or not examples:
+        if not (self.symmetric and isinstance(inner, RegressionTask)) or self.encoder_kind == "bi" or not examples:
             return None
         from dataclasses import replace
 
