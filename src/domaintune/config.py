@@ -39,6 +39,7 @@ class DataConfig(_Strict):
     has_header: bool = Field(True, description="Whether the first line of a delimited file is a header.")
     text_pair_column: str | int | None = Field(None, description="Second text column for `task: pair` (e.g. the other question).")
     symmetric_pairs: bool = Field(False, description="`task: pair` whose relation is symmetric (similarity, same question): also train on each pair in swapped order.")
+    pair_encoder: Literal["cross", "bi"] = Field("cross", description="`task: pair` scoring model: `cross` reads both texts at once; `bi` fine-tunes the cosine of two sentence embeddings (keeps a sentence-embedding model's pretraining).")
     feature_columns: list[str | int] = Field(default_factory=list, description="Numeric columns fused with the text for `task: regression` (e.g. price, week).")
     label_separator: str = Field("|", description="Separator between labels in one cell for `task: multilabel` (a JSON list cell also works).")
     tag_scheme: Literal["auto", "BIO", "BIOES", "BMES"] = Field("auto", description="NER tag scheme of the files; `auto` detects it. Reports use the same scheme.")

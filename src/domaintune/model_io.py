@@ -25,6 +25,7 @@ import torch
 HEAD_KINDS: dict[str, str] = {
     "pooled_classifier": "domaintune.methods.pooled_head:load_pooled_classifier",
     "lm_scorer": "domaintune.methods.lm_scorer:load_lm_scorer",
+    "pair_biencoder": "domaintune.tasks.pair_biencoder:load_pair_biencoder",
     "ensemble": "domaintune.ensemble:load_ensemble",
 }
 ADAPTER_LOADER = "domaintune.methods.peft_methods:load_adapter_model"
