@@ -108,6 +108,7 @@ def test_lora_writes_only_the_adapter_and_reports_sizes(lora_run):
     assert s["adapter_bytes"] <= 0.05 * s["full_model_bytes"]
     assert s["full_model_bytes"] > 80_000_000  # MiniLM-L6 in fp32 is ~91 MB
     assert 0 < s["trainable_share"] < 0.05
+    assert metrics["train"]["head_init"] == "probe"  # the LP-FT head fit ran on the unwrapped model, before LoRA
     saved = load_file(str(out / "model" / "adapter_model.safetensors"))
     assert any("classifier" in k for k in saved) and any("pooler" in k for k in saved)
 
