@@ -191,12 +191,32 @@ def suggest(trial, space: dict[str, dict]) -> dict:
 
 # --------------------------------------------------------------------------- the search
 
-def _fingerprint(cfg: RunConfig, space: dict) -> str:
-    """What a resumed study must agree on: everything but the output directory and the trial count."""
-    data = cfg.model_dump(mode="json")
+def _explicit(cfg: RunConfig) -> dict:
+    """The values the config sets away from the defaults, minus what a resumed search may change."""
+    data = cfg.model_dump(mode="json", exclude_defaults=True)
     data.pop("output_dir", None)
-    data["tune"].pop("trials", None)
-    return hashlib.sha256(json.dumps([data, space], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    data.get("tune", {}).pop("trials", None)
+    return data
+
+
+def _fingerprint(cfg: RunConfig, space: dict) -> str:
+    """What a resumed study must agree on: the explicitly set config values and the space.
+
+    Only non-default values count, so a domaintune upgrade that adds config
+    fields (with defaults) does not make an existing study unresumable."""
+    return hashlib.sha256(json.dumps([_explicit(cfg), space], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(old) | set(new))
+    out = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
 
 
 def _storage_url(cfg: RunConfig, tune_dir: Path) -> str:
@@ -247,10 +267,14 @@ def tune(cfg: RunConfig, trials: int | None = None, timeout: float | None = None
     if seen is None:
         study.set_user_attr("fingerprint", fp)
         study.set_user_attr("space", space)
+        study.set_user_attr("config", _explicit(cfg))
         study.enqueue_trial(default_params, user_attrs={"default": True})
     elif seen != fp:
-        raise TuneError(f"{storage} holds a study made for a different config or search space; delete "
-                        f"{tune_dir} to start over, or choose another output_dir (--set output_dir=runs/NAME)")
+        diff = _differences({"config": study.user_attrs.get("config", {}), "space": study.user_attrs.get("space", {})},
+                            {"config": _explicit(cfg), "space": space})
+        raise TuneError(f"{storage} holds a study made for a different config or search space "
+                        f"({'; '.join(diff[:5]) or 'see the study'}); delete {tune_dir} to start over, "
+                        f"or choose another output_dir (--set output_dir=runs/NAME)")
     else:
         _requeue_interrupted(study, TrialState)
 
