@@ -121,3 +121,16 @@ def test_default_space_contains_the_config(tmp_path, tiny_splits):
     space = resolve_space(cfg)
     assert {"train.lr", "train.epochs", "train.batch_size", "train.dropout"} <= set(space)
     assert space["train.lr"]["high"] == 0.5 and None in space["train.dropout"]["choices"]
+
+
+def test_resume_fingerprint_ignores_defaults_and_output_dir(tmp_path, tiny_splits):
+    from domaintune.tune import _fingerprint
+
+    path = _config(tmp_path, tiny_splits, "fp")
+    base = load_config(path)
+    fp = _fingerprint(base, resolve_space(base))
+    # Spelling out a default (as a newer domaintune with more fields would), moving the output, more trials: same study.
+    same = load_config(path, ["train.grad_accum=1", "output_dir=elsewhere", "tune.trials=50"])
+    assert _fingerprint(same, resolve_space(same)) == fp
+    other = load_config(path, ["train.max_length=32"])
+    assert _fingerprint(other, resolve_space(other)) != fp
