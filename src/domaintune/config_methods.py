@@ -57,7 +57,7 @@ class ZeroShotSection(_Strict):
     k_examples: int = Field(0, ge=0, description="In-context examples per prompt (few-shot prompting), drawn from train with the seed.")
     scale: float = Field(20.0, gt=0, description="`variant: embedding`: temperature on the cosine similarities (logits = scale * cos), so the softmax probabilities are meaningful.")
     score: Literal["mean", "sum"] = Field("mean", description="`variant: lm`: a label's score is the mean (length-normalised) or the sum of its tokens' log-probs.")
-    calibrate: bool = Field(True, description="`variant: lm`: contextual calibration — subtract each label's score for a content-free input (\"N/A\"), removing the prompt's prior preference for some labels.")
+    calibrate: bool = Field(False, description="`variant: lm`: contextual calibration — subtract each label's score for a content-free input (\"N/A\"), removing the prompt's prior preference for some labels (helps some prompts, hurts others: on sentiment \"N/A\" itself reads as negative).")
 
 
 class LabelsSection(_Strict):

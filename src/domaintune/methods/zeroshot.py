@@ -163,8 +163,9 @@ class ZeroShot(Method):
                 run.features[part] = run.task.encode(self.lm_tokenizer, getattr(run.splits, part),
                                                      run.cfg.train.max_length)
             self._features = run.features
-        return TrainResult(seconds=self.build_seconds + time.perf_counter() - t0, samples_per_second=0.0, global_step=0, epochs_completed=0.0,
-                           best_step=None, best_metric=None, stopped_early=False, bf16=False,
+        return TrainResult(seconds=self.build_seconds + time.perf_counter() - t0, samples_per_second=0.0,
+                           global_step=0, epochs_completed=0.0, best_step=None, best_metric=None, stopped_early=False,
+                           bf16=False,
                            threads=torch.get_num_threads(), history=[])
 
     def save(self, model, task, tokenizer, out_dir: Path) -> None:
