@@ -43,10 +43,13 @@ def read_tsv(path: Path) -> list[tuple[str, str]]:
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    """Written to a temp file and renamed: parallel processes (one per arm or seed) may be reading it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
         w.writerows(rows)
+    os.replace(tmp, path)
     return path
 
 
@@ -145,6 +148,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=None, help="override fine-tuning epochs")
     ap.add_argument("--work", type=Path, default=Path("/tmp/dapt_bench"), help="scratch directory (data samples, runs)")
     ap.add_argument("--reuse-dapt", action="store_true", help="reuse WORK/dapt/model if it exists")
+    ap.add_argument("--report-only", action="store_true", help="only merge the finished runs in WORK into bench/results")
+    ap.add_argument("--command-note", default=None, help="how the benchmark was invoked (shown in the report)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     from transformers.utils import logging as hf_logging
@@ -177,6 +182,12 @@ def main() -> None:
            "k": args.k, "seeds": args.seeds, "epochs": args.epochs or ft_cfg.train.epochs, "dapt_batch": dcfg.train.batch_size,
            "test_examples": len(test_rows), "unlabelled_texts": len(rows) - len(used), "dapt": {}, "runs": [], "summary": {}}
 
+    if args.command_note:
+        res["command"] = args.command_note
+    if args.report_only:
+        write_results(collect(res, work))
+        print(render(collect(res, work)))
+        return
     dapt_dir = work / "dapt"
     if "dapt" in args.arms and not (args.reuse_dapt and (dapt_dir / "model" / "config.json").is_file()):
         pretrain(dcfg, dapt_dir, overwrite=True)
