@@ -260,8 +260,11 @@ def tune(cfg: RunConfig, trials: int | None = None, timeout: float | None = None
     study_name = out_dir.name or "domaintune"
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if cfg.tune.pruning \
         else optuna.pruners.NopPruner()
+    # The sampler's seed moves on with the trials already stored: a resumed search re-seeded with the same
+    # value would replay the random start-up samples and run finished parameter sets again.
+    n_before = _count_trials(storage, study_name)
     study = optuna.create_study(storage=storage, study_name=study_name, direction="maximize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=cfg.train.seed), pruner=pruner)
+                                sampler=optuna.samplers.TPESampler(seed=cfg.train.seed + n_before), pruner=pruner)
     fp = _fingerprint(cfg, space)
     seen = study.user_attrs.get("fingerprint")
     if seen is None:
@@ -355,6 +358,15 @@ def _pruning_warmup(cfg: RunConfig, splits) -> int:
     n = len(splits.train) if splits is not None else 0
     per_epoch = math.ceil(n / (t.batch_size * t.grad_accum)) if n else 0
     return max(1, int(per_epoch * t.epochs / 3))
+
+
+def _count_trials(storage: str, study_name: str) -> int:
+    import optuna
+
+    try:
+        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
+    except KeyError:  # no such study yet
+        return 0
 
 
 def _n_done(study, TrialState) -> int:

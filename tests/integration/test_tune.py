@@ -70,6 +70,9 @@ def test_tune_killed_then_resumed_runs_only_missing_trials(tmp_path, tiny_splits
     for t in interrupted:  # a trial cut off by the kill is failed and its parameters run again
         assert t.state.name == "FAIL"
         assert any(o.params == t.params and o.number > t.number for o in done)
+    requeued = {t.number for t in interrupted}
+    seen = [tuple(sorted(t.params.items())) for t in done if t.number not in requeued]
+    assert len(seen) == len(set(seen)), "a resumed search ran a finished parameter set again"
     # The default config is trial 0, so the best dev score is >= the default's by construction.
     assert after[0].user_attrs["default"] and after[0].params == {"train.lr": 1e-4, "train.warmup_ratio": 0.06,
                                                                    "train.batch_size": 8}
