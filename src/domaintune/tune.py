@@ -505,6 +505,9 @@ def history_png(rows: list[dict], path: Path, metric: str) -> Path:
         default = [(r["number"], r["dev"]) for r in rows if r["default"] and r["state"] == "complete" and _ok(r["dev"])]
         if default:
             ax.axhline(default[0][1], color="tab:green", linestyle="--", linewidth=1, label="default config")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial")
         ax.set_ylabel(f"dev {metric}")
         ax.set_title("Optimisation history")
