@@ -74,7 +74,7 @@ def _child(spec_path: str) -> None:
                             f.write(json.dumps({"step": state.global_step, "max_steps": state.max_steps,
                                                 "seconds": round(time.perf_counter() - t0, 1)}) + "\n")
 
-            trainer.callback_handler.add_callback(Progress())
+            trainer.add_callback(Progress())
         t1, c1 = time.perf_counter(), time.process_time()
         trainer.train()
         train_seconds, cpu_seconds = time.perf_counter() - t1, time.process_time() - c1

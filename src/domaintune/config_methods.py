@@ -34,7 +34,7 @@ class FreezeSection(_Strict):
 
 
 class FewShotSection(_Strict):
-    pair_budget: int = Field(100000, ge=10, description="Contrastive pairs per epoch, whatever the data size: steps = budget x epochs / (B(B-1)/2) with B texts per step (all in-batch pairs count); memory and time stay bounded.")
+    pair_budget: int = Field(20000, ge=10, description="Contrastive pairs per epoch, whatever the data size: steps = budget x epochs / (B(B-1)/2) with B texts per step (all in-batch pairs count); memory and time stay bounded.")
     contrastive_epochs: float = Field(1.0, gt=0, description="Passes over the pair budget for the body.")
     contrastive_lr: float = Field(2e-5, gt=0, description="Learning rate of the contrastive body training (AdamW, linear warm-up and decay).")
     batch_size: int = Field(32, ge=2, description="Distinct texts per contrastive step; every pair among them is used (B(B-1)/2 pairs from B forward passes).")
@@ -43,7 +43,7 @@ class FewShotSection(_Strict):
     temperature: float = Field(0.1, gt=0, description="Temperature of loss `supcon`.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of contrastive steps with linear warm-up.")
     normalize: bool = Field(True, description="L2-normalise the embeddings before the head (as all-MiniLM-L6-v2 and SetFit do).")
-    head_c: float = Field(1.0, gt=0, description="Inverse regularisation strength C of the logistic-regression head.")
+    head_c: float = Field(100.0, gt=0, description="Inverse regularisation strength C of the logistic-regression head (on unit-length embeddings C=1, sklearn's default, underfits many-class data: banking77 8-shot 78.1 % vs 83.3 % at C=100).")
     head_epochs: int = Field(0, ge=0, description="Extra end-to-end epochs (cross-entropy, train.lr) after the logistic-regression head; 0 keeps the head as fitted.")
     early_stopping_patience: int | None = Field(None, ge=1, description="With a dev split: refit the head and score dev every eval_steps; stop after N evaluations without improvement and keep the best body.")
     eval_steps: int | None = Field(None, ge=1, description="Contrastive steps between dev evaluations for early stopping; empty: a tenth of the steps.")

@@ -31,6 +31,13 @@ module keeps that idea and changes how pairs are made, for speed and memory:
   predict_proba, so predictions and probabilities come from the same logits and
   the saved label map (the setfit #462 predict/predict_proba disagreement cannot
   happen). Optional `head_epochs` of end-to-end cross-entropy afterwards.
+  C defaults to 100, not sklearn's 1: on unit-length embeddings C=1 underfits
+  many classes (banking77, 8 per class, seed 42: 78.1 % at C=1, 83.3 % at C=100
+  on the same tuned body; 79.7 % vs 84.4 % on the frozen body).
+* **Budget default.** all-MiniLM-L6-v2 is already a contrastively trained
+  sentence encoder, so a few dozen steps suffice: on banking77 8-shot (C=1)
+  11 steps scored 79.1 %, 202 steps 78.1 %; the default budget (20,000 pairs,
+  41 steps of 32 texts) keeps the body close to its pretrained geometry.
 * **Early stopping** on dev (`fewshot.early_stopping_patience`): every
   `eval_steps` the head is refitted and dev scored; the best body is kept.
 
