@@ -90,7 +90,7 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig, description="Where the labelled text is and how to read it.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings.")
     peft: PeftSection = Field(default_factory=PeftSection, description="Options of method lora, adalora, ia3, prefix, prompt.")
-    freeze: FreezeSection = Field(default_factory=FreezeSection, description="Which weights stay frozen (method full or freeze).")
+    freeze: FreezeSection = Field(default_factory=FreezeSection, description="Which weights stay frozen (with method full).")
     fewshot: FewShotSection = Field(default_factory=FewShotSection, description="Options of method fewshot (SetFit-style).")
     zeroshot: ZeroShotSection = Field(default_factory=ZeroShotSection, description="Options of method zeroshot (no training).")
     labels: LabelsSection = Field(default_factory=LabelsSection, description="Label descriptions (zero-shot).")

@@ -9,9 +9,13 @@ Spearman 0.82, and fine-tuning it with the sentence-transformers STS recipe
 (CosineSimilarityLoss: regress the cosine onto the score) keeps that start.
 Embeddings can also be cached and searched, which a cross-encoder cannot.
 
-The score is an affine map of the cosine (two learnt scalars) onto the
-standardised target, so `RegressionTask`'s target scaling, metrics, plots and
-predictions apply unchanged; only the model, its inputs and its saving differ.
+The score is a *fixed* affine map of the cosine onto the target's training
+range: cos 0 -> the lowest training score, cos 1 -> the highest (STS-B: score/5,
+exactly sentence-transformers' CosineSimilarityLoss). Learnt scalars would not
+do: at encoder learning rates they barely move, so the encoder would distort the
+embedding space to fit a wrong offset instead (measured on STS-B: dev Spearman
+fell from 0.83 to 0.72). The map is expressed on the standardised target, so
+`RegressionTask`'s scaling, metrics, plots and predictions apply unchanged.
 Saved as the encoder in plain HF format with sentence-transformers module files
 (`SentenceTransformer(run/model)` gives the tuned embeddings) plus
 `pair_head.safetensors` and `domaintune_head.json` (`kind: pair_biencoder`).
@@ -44,13 +48,13 @@ def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class BiEncoderScorer(nn.Module):
     """Shared encoder over text a and text b; logits (batch, 1) = weight * cosine + bias."""
 
-    def __init__(self, encoder: nn.Module, loss: str = "mse"):
+    def __init__(self, encoder: nn.Module, loss: str = "mse", weight: float = 1.0, bias: float = 0.0):
         super().__init__()
         self.encoder = encoder
         self.loss_name = loss
-        # cos in [-1, 1] -> standardised score: STS-like targets spread about +-2 std over that range.
-        self.weight = nn.Parameter(torch.tensor(2.0))
-        self.bias = nn.Parameter(torch.tensor(0.0))
+        # Buffers, not parameters: the map is fixed (see the module docstring) and saved with the model.
+        self.register_buffer("weight", torch.tensor(float(weight)))
+        self.register_buffer("bias", torch.tensor(float(bias)))
 
     @property
     def config(self):
@@ -72,10 +76,35 @@ class BiScoringTask(RegressionTask):
 
     supports_probe_init = False
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.target_min, self.target_max = 0.0, 1.0
+
+    def fit(self, train) -> None:
+        from domaintune.tasks.regression import parse_number
+
+        super().fit(train)
+        values = [parse_number(ex.label) for ex in train]
+        self.target_min, self.target_max = float(min(values)), float(max(values))
+        if self.target_max <= self.target_min:
+            self.target_max = self.target_min + 1.0
+
+    def state(self) -> dict:
+        return {**super().state(), "target_range": [self.target_min, self.target_max]}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.target_min, self.target_max = map(float, state.get("target_range", [0.0, 1.0]))
+
+    def cosine_map(self) -> tuple[float, float]:
+        """(weight, bias) with weight * cos + bias = standardised(min + cos * (max - min))."""
+        span = self.target_max - self.target_min
+        return span / self.target_std, (self.target_min - self.target_mean) / self.target_std
+
     def build_model(self, model_dir, dropout=None):
         kwargs = {k: v for k, v in sequence_model_kwargs(dropout).items() if k != "classifier_dropout"}
         encoder = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, weights_only=True, **kwargs)
-        return BiEncoderScorer(encoder, self.loss)
+        return BiEncoderScorer(encoder, self.loss, *self.cosine_map())
 
     def load_model(self, model_dir):
         return load_pair_biencoder(self, model_dir)
@@ -93,8 +122,8 @@ class BiScoringTask(RegressionTask):
                   str(out_dir / HEAD_WEIGHTS))
         (out_dir / HEAD_FILE).write_text(json.dumps({
             "kind": "pair_biencoder", "pooling": "mean", "normalize": True,
-            "note": "standardised score = weight * cos(embed(a), embed(b)) + bias; "
-                    "score = that * target_std + target_mean (task.json)"}, indent=2), encoding="utf-8")
+            "note": "standardised score = weight * cos(embed(a), embed(b)) + bias (fixed: cos 0..1 spans the "
+                    "training score range); score = that * target_std + target_mean (task.json)"}, indent=2), encoding="utf-8")
 
     def baselines(self, model_dir, splits, features, ctx, seed):
         """`mean` only: the pair task adds `frozen_cosine` — exactly this model before training
@@ -134,9 +163,6 @@ def load_pair_biencoder(task, model_dir) -> BiEncoderScorer:
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
-    model = BiEncoderScorer(AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, weights_only=True))
     head = load_file(str(model_dir / HEAD_WEIGHTS))
-    with torch.no_grad():
-        model.weight.copy_(head["weight"][0])
-        model.bias.copy_(head["bias"][0])
-    return model.eval()
+    encoder = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32, weights_only=True)
+    return BiEncoderScorer(encoder, weight=float(head["weight"][0]), bias=float(head["bias"][0])).eval()
