@@ -128,6 +128,8 @@ def render(res: dict) -> str:
                 acc, f1 = mean_std([r["full_test_accuracy"] for r in rs]), mean_std([r["full_test_macro_f1"] for r in rs])
                 lines.append(f"| {arm} | {len(rs)} | {pct(acc)} | {pct(f1)} | "
                              + ", ".join(f"{r['seed']}: {100 * r['full_test_accuracy']:.2f}" for r in rs) + " |")
+        if len(full) < len(res["runs"]):
+            lines += ["", f"Only {len(full)} of {len(res['runs'])} runs were re-scored on all titles before the deadline."]
     lines += ["", "Wall times are from a shared 2-core CPU with other jobs running (the DAPT's 200 steps took 70 min while "
                   "the machine was oversubscribed; its last 20 steps took 1 min once it was free), so they are upper bounds "
                   "and vary by 10x between identical runs.", ""]
