@@ -10,6 +10,7 @@ errors that name the key and suggest the closest valid one: a typo such as
 from __future__ import annotations
 
 import difflib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -204,6 +205,8 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def _yaml_scalar(v: Any) -> str:
+    if isinstance(v, str) and "\n" in v:  # one line, so templates and table rows stay single-line
+        return json.dumps(v, ensure_ascii=False)
     return yaml.safe_dump(v, default_flow_style=True, allow_unicode=True).strip().removesuffix("\n...").strip()
 
 

@@ -93,7 +93,7 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parts = {"train": augment_training(task, task.training_examples(splits.train), cfg), "dev": splits.dev, "test": splits.test}
-    feats = {name: task.encode(tokenizer, part, cfg.train.max_length) for name, part in parts.items()}
+    feats = {name: task.encode(tokenizer, part, cfg.train.max_length) if part else [] for name, part in parts.items()}
 
     seed_everything(cfg.train.seed)
     model = method.build(task, model_dir, cfg)
