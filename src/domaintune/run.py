@@ -129,7 +129,10 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     baseline: dict = {}
     if cfg.baseline and splits.test:
         try:
-            baseline = task.baselines(model_dir, splits, feats, ctx(False), cfg.train.seed)
+            # Expansions (swapped pairs, augmented copies) are appended after the originals: the
+            # starting point is scored on the user's own training rows only, aligned with splits.train.
+            base_feats = {**feats, "train": feats["train"][:len(splits.train)]}
+            baseline = task.baselines(model_dir, splits, base_feats, ctx(False), cfg.train.seed)
         except Exception as e:  # noqa: BLE001 - a baseline failure must not lose a trained model
             log.warning("starting-point baseline failed: %s", e)
         for m in baseline.values():
@@ -138,7 +141,7 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     metrics = {
         "name": run_dir.name, "run_dir": str(run_dir), "task": cfg.task, "method": cfg.method, "model": cfg.model, "model_path": str(model_dir),
         "labels": list(task.labels), "metric_for_best": metric_for_best, "headline": list(task.headline),
-        "data": {"train_examples": len(splits.train), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
+        "data": {"train_examples": len(splits.train), "trained_on_examples": len(parts["train"]), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
                  "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,
                  "warnings": [str(w) for w in splits.warnings]},
         "train": {"seconds": round(result.seconds + probe_seconds, 3), "samples_per_second": round(result.samples_per_second, 2),

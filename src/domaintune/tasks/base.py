@@ -79,7 +79,8 @@ class Task(ABC):
 
     def training_examples(self, train: list[Example]) -> list[Example]:
         """The examples the model trains on: `train` itself, or an expansion of it that only
-        training sees (e.g. both orders of a symmetric pair). Dev/test are never expanded."""
+        training sees (e.g. both orders of a symmetric pair). Dev/test are never expanded.
+        Expansions must keep `train` first, in order, and append: baselines use that prefix."""
         return train
 
     def fit(self, train: list[Example]) -> None:
