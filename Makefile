@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks clean help
+.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods clean help
 
 help:
 	@echo "make demo   - bootstrap .venv and fine-tune the built-in demo"
@@ -53,6 +53,11 @@ bench-chnsenticorp: $(BENCH_STAMP)
 
 bench-tasks: $(BENCH_STAMP)
 	$(PY) bench/tasks.py
+
+# full vs lora vs fewshot vs zeroshot at 8/64/all labels per class, 3 seeds, setfit as the few-shot peer
+# (many CPU hours on 2 cores; bench/methods.py --help lists subset options)
+bench-methods: $(BENCH_STAMP)
+	$(PY) bench/methods.py
 
 clean:
 	rm -rf $(VENV) runs
