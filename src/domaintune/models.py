@@ -167,9 +167,11 @@ def resolve_model(name_or_path: str) -> Path:
         return loc
     folder = Path(name_or_path).expanduser()
     if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ModelNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
-        return folder
+        if (folder / "config.json").is_file():
+            return folder
+        if (folder / "model" / "config.json").is_file():  # a run or `domaintune pretrain` output directory
+            return folder / "model"
+        raise ModelNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json, nor model/config.json)")
     installed = [e.name for e in CATALOG.values() if e.installed()]
     missing = [f"  {e.name}: {e.pip}" for e in CATALOG.values() if not e.installed()]
     msg = (f"unknown model {name_or_path!r}: not a catalog name and not a local folder.\n"

