@@ -23,13 +23,10 @@ from torch import nn
 from transformers import AutoModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from domaintune.tasks.retrieval import mean_pool  # the one mean pooling (sentence-transformers' Pooling)
+
 HEAD_WEIGHTS = "pooled_head.safetensors"
 HEAD_FILE = "domaintune_head.json"
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 class PooledClassifier(nn.Module):

@@ -35,14 +35,10 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 
 from domaintune.tasks.classification import pad_batch, sequence_model_kwargs
 from domaintune.tasks.regression import RegressionTask, regression_loss
+from domaintune.tasks.retrieval import mean_pool
 
 HEAD_WEIGHTS = "pair_head.safetensors"
 HEAD_FILE = "domaintune_head.json"
-
-
-def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
 class BiEncoderScorer(nn.Module):
@@ -62,7 +58,7 @@ class BiEncoderScorer(nn.Module):
 
     def embed(self, input_ids, attention_mask) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(_mean_pool(hidden, attention_mask).float(), dim=-1)
+        return F.normalize(mean_pool(hidden, attention_mask).float(), dim=-1)
 
     def forward(self, input_ids, attention_mask, b_input_ids, b_attention_mask, labels=None, **_):
         cos = (self.embed(input_ids, attention_mask) * self.embed(b_input_ids, b_attention_mask)).sum(-1)
