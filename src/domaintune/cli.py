@@ -150,7 +150,9 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
             top_k: int = typer.Option(3, "--top-k", help="How many labels to show per text."),
             text_column: str = typer.Option("text"), fmt: str = typer.Option("auto", "--format"),
             delimiter: Optional[str] = typer.Option(None), encoding: str = typer.Option("utf-8"),
-            no_header: bool = typer.Option(False, "--no-header")) -> None:
+            no_header: bool = typer.Option(False, "--no-header"),
+            backend: str = typer.Option("auto", "--backend", help="torch, onnx, onnx-int8, or auto: the fastest "
+                                        "exported model that passed its accuracy gate (else torch).")) -> None:
     """Predict labels for --text or for a whole --input file."""
     _setup_logging(False)
     from domaintune.predictor import Predictor
@@ -160,7 +162,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
     if input_ and not output:
         _fail(ValueError("--input needs --output (the input file is never modified)"))
     try:
-        predictor = Predictor(run_dir)
+        predictor = Predictor(run_dir, backend=backend)
         if text:
             if text_pair and len(text_pair) != len(text):
                 raise ValueError(f"give one --text-pair per --text ({len(text)} texts, {len(text_pair)} pairs)")
@@ -175,7 +177,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
                 n = predictor.predict_file(input_, output, _read_options(fmt, text_column, None, delimiter, encoding, no_header),
                                            progress=lambda done, total: prog.update(task, completed=done, total=total))
             out.print(f"wrote {n} predictions to {output}")
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, ValueError) as e:
         _fail(e)
 
 

@@ -32,7 +32,10 @@ log = logging.getLogger("domaintune")
 class Predictor:
     """Loads a run directory once; predicts for strings, (text, text_pair) pairs or whole files."""
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 64, num_threads: int | None = None):
+    def __init__(self, run_dir: str | Path, batch_size: int = 64, num_threads: int | None = None,
+                 backend: str = "auto"):
+        """`backend`: torch, onnx, onnx-int8, or auto (the fastest exported model that passed its accuracy
+        gate in export/benchmark.json, else torch). The output format is the same for every backend."""
         self.run_dir = Path(run_dir)
         model_dir = self.run_dir / "model"
         if not any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json", "domaintune_head.json")):
@@ -48,7 +51,16 @@ class Predictor:
             self.task.load_state({"labels": list(LabelMap.load(labels_path).labels)})
         self.max_length = int(self.config.get("train", {}).get("max_length", 512))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        self.model = load_run_model(self.task, model_dir)
+        from domaintune.export.onnx_model import BACKEND_FILES, OnnxModel, choose_backend
+
+        self.backend = choose_backend(self.run_dir, backend)
+        if self.backend == "torch":
+            self.model = load_run_model(self.task, model_dir)
+        else:  # no torch weights in memory: the ONNX file is the whole model
+            from transformers import AutoConfig
+
+            hf_config = AutoConfig.from_pretrained(str(model_dir)) if (model_dir / "config.json").is_file() else None
+            self.model = OnnxModel(self.run_dir / "export" / BACKEND_FILES[self.backend], num_threads, config=hf_config)
         attach = getattr(self.task, "attach", None)  # tasks with run-directory side files (the retrieval index)
         if attach is not None:
             attach(self.run_dir)

@@ -78,7 +78,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path | None = None, overwrite:
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise MergeError(f"{out} already exists; pass --overwrite to replace it or choose another with -o")
 
-    pred = Predictor(run_dir)
+    pred = Predictor(run_dir, backend="torch")  # merging needs the torch adapter model, not an export
     task, tokenizer, model = pred.task, pred.tokenizer, pred.model
     texts = list(check_texts or CHECK_TEXTS)
     if task.name == "pair":  # pair tasks read (text, text_pair)

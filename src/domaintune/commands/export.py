@@ -1,0 +1,50 @@
+"""`domaintune export RUN_DIR --format onnx [--quantize int8]` (see domaintune.export.onnx_export)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app) -> None:
+    @app.command()
+    def export(run_dir: Path = typer.Argument(..., help="A finished run directory."),
+               fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
+               quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write model.int8.onnx."),
+               gate: float = typer.Option(1.0, "--gate", help="Fail when the headline metric drops more than this "
+                                          "many points against the PyTorch model."),
+               force: bool = typer.Option(False, "--force", help="Keep a model that failed the gate (it is still "
+                                          "never picked by --backend auto)."),
+               data: Optional[Path] = typer.Option(None, "--data", help="Labelled file to check on (default: the "
+                                                   "run's test split, else dev)."),
+               max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Check on at most N examples."),
+               no_check: bool = typer.Option(False, "--no-check", help="Skip scoring and the gate (not recommended)."),
+               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+        """Export to ONNX (fp32, optionally int8), score it against PyTorch and gate on accuracy."""
+        from domaintune import cli as base
+
+        base._setup_logging(verbose)
+        from domaintune.export import ExportError, export_run
+
+        if fmt != "onnx":
+            base._fail(ValueError(f"--format {fmt!r}: only onnx is supported"))
+        try:
+            rec = export_run(run_dir, quantize=quantize, gate=gate, force=force, data=data,
+                             max_examples=max_examples, check=not no_check)
+        except (*base.USER_ERRORS, ExportError) as e:
+            base._fail(e)
+            return
+        files = ", ".join(f"{f} {mb} MB" for f, mb in rec["files_mb"].items())
+        base.out.print(f"exported to {run_dir / 'export'} ({files})", highlight=False)
+        if rec.get("torch"):
+            t = rec["torch"]
+            base.out.print(f"torch      {t['metric']} {t['value']:.4f}  {t['texts_per_second']:.0f} texts/s  "
+                           f"p50 {t['p50_ms']:.1f} ms  p99 {t['p99_ms']:.1f} ms", highlight=False)
+            for name, b in rec["backends"].items():
+                agree = "-" if b["argmax_agreement"] is None else f"{100 * b['argmax_agreement']:.2f} %"
+                base.out.print(f"{name:<10} {b['metric']} {b['value']:.4f}  {b['texts_per_second']:.0f} texts/s  "
+                               f"p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms  agreement {agree}  "
+                               f"drop {b['drop_points']:+.2f} pt  gate {'passed' if b['gate_passed'] else 'FAILED'}",
+                               highlight=False)

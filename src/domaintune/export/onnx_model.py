@@ -1,0 +1,99 @@
+"""An ONNX Runtime session that quacks like the run's torch model.
+
+Every task scores through `model(**batch).logits` (see `training.loop.predict_logits`
+and the tasks' `predict`), so the ONNX backend only has to accept the same
+batch dict and return an object with `.logits` as a torch tensor. Nothing in the
+tasks knows which backend runs: predictions have the same format by
+construction, and length-sorted dynamic padding (done by the caller) applies to
+both backends alike.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+#: backend name -> file under RUN_DIR/export
+BACKEND_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or 1
+    except ImportError:  # pragma: no cover
+        return torch.get_num_threads()
+
+
+class OnnxModel:
+    """`OnnxModel(path)(**batch).logits` - the subset of `nn.Module` the Predictor and tasks use."""
+
+    def __init__(self, path: str | Path, num_threads: int | None = None, config=None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        # One intra-op thread per physical core, none across ops: on a 2-core CPU
+        # inter-op parallelism only adds contention (same reason as training.loop.set_threads).
+        opts.intra_op_num_threads = num_threads or physical_cores()
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.config = config
+        self.training = False
+
+    # nn.Module look-alikes used by callers
+    def eval(self):
+        return self
+
+    def to(self, *_a, **_k):
+        return self
+
+    def parameters(self):
+        return iter(())
+
+    def __call__(self, labels=None, **batch) -> SimpleNamespace:
+        feed = {}
+        for name in self.input_names:
+            if name not in batch:
+                raise ValueError(f"{self.path.name} needs input {name!r}; the batch has {sorted(batch)}")
+            v = batch[name]
+            arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+            feed[name] = arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64, copy=False)
+        logits = self.session.run([self.output_name], feed)[0]
+        return SimpleNamespace(logits=torch.from_numpy(np.ascontiguousarray(logits)))
+
+
+def export_record(run_dir: str | Path) -> dict:
+    """RUN_DIR/export/benchmark.json, or {} when the run was never exported."""
+    path = Path(run_dir) / "export" / "benchmark.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def choose_backend(run_dir: str | Path, requested: str = "auto") -> str:
+    """`torch`, `onnx` or `onnx-int8`; `auto` = the fastest exported backend that passed its gate.
+
+    A file without a passing record in benchmark.json is never picked
+    automatically: an int8 model that lost accuracy (or was kept with --force)
+    only serves when asked for by name.
+    """
+    run_dir = Path(run_dir)
+    if requested not in ("auto", "torch", *BACKEND_FILES):
+        raise ValueError(f"unknown backend {requested!r}: use auto, torch, onnx or onnx-int8")
+    if requested != "auto":
+        if requested != "torch" and not (run_dir / "export" / BACKEND_FILES[requested]).is_file():
+            raise FileNotFoundError(f"{run_dir}: no export/{BACKEND_FILES[requested]}; run "
+                                    f"`domaintune export {run_dir} --format onnx"
+                                    f"{' --quantize int8' if requested == 'onnx-int8' else ''}` first")
+        return requested
+    rec = export_record(run_dir).get("backends", {})
+    passing = [(b["texts_per_second"], name) for name, b in rec.items()
+               if name in BACKEND_FILES and b.get("gate_passed") and (run_dir / "export" / BACKEND_FILES[name]).is_file()]
+    return max(passing)[1] if passing else "torch"

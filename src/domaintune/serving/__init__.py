@@ -1,0 +1,1 @@
+"""The HTTP service: app, auth, micro-batching, audit store, metrics."""
