@@ -58,3 +58,19 @@ def trained_run(tmp_path_factory, tiny_splits) -> Path:
     cfg = load_config(tiny_config_path(root, tiny_splits, root / "tiny", epochs=2))
     train_run(cfg)
     return root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def exported_run(trained_run, tmp_path_factory):
+    """A copy of the shared run (other tests keep reading its torch model), exported to ONNX fp32 + int8.
+
+    The gate is wide open here: the tiny run's 30 test rows make one flipped
+    prediction 3.3 points; the gate itself is tested on its own."""
+    import shutil
+
+    from domaintune.export import export_run
+
+    run = tmp_path_factory.mktemp("export") / "run"
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
+    rec = export_run(run, quantize="int8", gate=100.0)
+    return run, rec

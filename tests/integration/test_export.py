@@ -17,12 +17,8 @@ TEXTS = ["The main breaker tripped and line 2 lost power", "Please order two rep
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tmp_path_factory):
-    """A copy of the shared run (other tests keep reading the torch model), exported with int8."""
-    run = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
-    rec = export_run(run, quantize="int8", gate=100.0)
-    return run, rec
+def exported(exported_run):
+    return exported_run
 
 
 def test_files_inputs_and_dynamic_axes(exported):

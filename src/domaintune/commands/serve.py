@@ -1,0 +1,53 @@
+"""`domaintune serve RUN_DIR [RUN_DIR ...]` (see domaintune.serving)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app) -> None:
+    @app.command()
+    def serve(run_dirs: list[Path] = typer.Argument(..., help="Run directories to serve."),
+              host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
+              port: int = typer.Option(8000, "--port"),
+              name: list[str] = typer.Option([], "--name", help="URL name per run directory (default: its folder name)."),
+              keys_db: Optional[str] = typer.Option(None, "--keys-db", help="API key store (path or SQLAlchemy URL; "
+                                                    "default $DOMAINTUNE_HOME/keys.db)."),
+              audit_db: Optional[str] = typer.Option(None, "--audit-db", help="Audit log (path or SQLAlchemy URL, e.g. "
+                                                     "postgresql://...; default audit.db beside the first run)."),
+              backend: str = typer.Option("auto", "--backend", help="auto, torch, onnx or onnx-int8."),
+              max_batch: int = typer.Option(32, "--max-batch", help="Texts per model call."),
+              max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
+              max_queue: int = typer.Option(1024, "--max-queue", help="Texts waiting per model before 503."),
+              max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes"),
+              max_texts: int = typer.Option(256, "--max-texts", help="Texts per request."),
+              max_text_chars: int = typer.Option(20_000, "--max-text-chars", help="Characters per text."),
+              threads: Optional[int] = typer.Option(None, "--threads", help="Model threads (default: physical cores)."),
+              runs_root: Optional[Path] = typer.Option(None, "--runs-root", help="Admin reload may load run "
+                                                       "directories only under this folder (default: the first "
+                                                       "run's parent)."),
+              no_auth: bool = typer.Option(False, "--no-auth", help="Disable API keys (loopback only; logs a warning)."),
+              graceful_seconds: int = typer.Option(30, "--graceful-seconds", help="How long shutdown waits for "
+                                                   "in-flight requests."),
+              verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+        """Serve runs over HTTP: predict, explain, health, Prometheus metrics; API keys, batching, audit log."""
+        from domaintune import cli as base
+
+        base._setup_logging(verbose)
+        from domaintune.serving.app import ServeSettings
+        from domaintune.serving.server import ServeError, serve as run_server
+
+        settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
+                                 max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
+                                 auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root)
+        try:
+            base.console.print(f"serving {', '.join(str(r) for r in run_dirs)} on http://{host}:{port} "
+                               f"(docs: /docs, metrics: /metrics)")
+            run_server(run_dirs, host=host, port=port, names=name or None, settings=settings, keys_db=keys_db,
+                       audit_db=audit_db, graceful_seconds=graceful_seconds,
+                       log_level="info" if verbose else "warning")
+        except (*base.USER_ERRORS, ServeError, ValueError) as e:
+            base._fail(e)

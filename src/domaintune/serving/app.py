@@ -1,0 +1,400 @@
+"""The HTTP service: FastAPI over Predictors, with auth, limits, micro-batching, metrics and an audit log.
+
+Endpoints (all JSON):
+
+* `POST /v1/models/{name}/predict` - `{"text": "..."}` or `{"texts": [...]}` (pairs: `text_pair` / `text_pairs`;
+  `top_k`); the task's usual prediction dicts come back.
+* `POST /v1/models/{name}/explain` - per-token attributions for one text (+ an HTML snippet).
+* `GET /v1/models`, `GET /v1/models/{name}` - what is served, its version and backend.
+* `GET /healthz` (process alive), `GET /readyz` (every model loaded), `GET /metrics` (Prometheus).
+* `POST /v1/admin/reload` - admin scope: load a run directory and swap it in between two batches.
+
+Why the body is read by hand instead of by a FastAPI body parameter: the size
+limit must hold before a byte more than `max_body_bytes` is buffered (413),
+and every malformed input - invalid JSON, invalid UTF-8, lone surrogates,
+wrong types, empty strings - must become a 4xx with a message, never a 500.
+The schema is still published in the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from domaintune.data.pii import PiiConfig
+from domaintune.serving.batching import MicroBatcher, QueueFull
+from domaintune.serving.metrics import ServiceMetrics
+
+log = logging.getLogger("domaintune.serving")
+
+
+@dataclass
+class ServeSettings:
+    """Limits and switches of one service instance (`domaintune serve --help` documents each)."""
+
+    max_batch: int = 32            # texts per model call
+    max_wait_ms: float = 5.0       # how long the first request of a batch may wait for company
+    max_queue: int = 1024          # texts waiting per model before 503
+    max_body_bytes: int = 1_000_000
+    max_texts: int = 256           # texts per request
+    max_text_chars: int = 20_000   # characters per text (the model reads max_length tokens of it anyway)
+    max_top_k: int = 50
+    auth: bool = True
+    backend: str = "auto"
+    num_threads: int | None = None
+    runs_root: Path | None = None  # admin reload may only load run directories under this folder
+    pii: PiiConfig = field(default_factory=PiiConfig)
+
+
+class PredictRequest(BaseModel):
+    """One text or a batch; `text_pair(s)` for pair tasks."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str | None = Field(None, description="One input text.")
+    texts: list[str] | None = Field(None, description="A batch of input texts.")
+    text_pair: str | None = Field(None, description="Second text of a pair (pair tasks), with `text`.")
+    text_pairs: list[str] | None = Field(None, description="Second texts, one per `texts` item (pair tasks).")
+    top_k: int = Field(1, description="How many labels to return per text (classification).")
+
+
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    text: str = Field(..., description="The text to explain.")
+    text_pair: str | None = None
+    label: str | None = Field(None, description="Label to explain (default: the predicted one).")
+    method: str = Field("auto", description="auto, ig (integrated gradients) or occlusion.")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    model: str | None = Field(None, description="Served model name (default: every model).")
+    run_dir: str | None = Field(None, description="New run directory for `model` (default: reload the same one).")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def model_version(run_dir: Path) -> str:
+    """Content-derived version: changes whenever the served files change (names, sizes, mtimes)."""
+    h = hashlib.sha256()
+    for p in sorted((run_dir / "model").glob("*")) + sorted((run_dir / "export").glob("*.onnx")):
+        st = p.stat()
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:12]
+
+
+class ModelSlot:
+    """One served model: its run directory, predictor, version and batcher (which owns the worker thread)."""
+
+    def __init__(self, name: str, run_dir: Path, settings: ServeSettings, metrics: ServiceMetrics):
+        self.name, self.settings, self.metrics = name, settings, metrics
+        self.run_dir, self.predictor, self.version = self._load(run_dir)
+        self.batcher = MicroBatcher(self.predictor, name, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                                    on_batch=lambda n, s: metrics.observe_batch(name, n, s))
+        metrics.model_info.labels(name, self.version, self.predictor.backend).set(1)
+
+    def _load(self, run_dir: Path):
+        from domaintune.predictor import Predictor
+
+        run_dir = Path(run_dir).resolve()
+        predictor = Predictor(run_dir, batch_size=self.settings.max_batch, num_threads=self.settings.num_threads,
+                              backend=self.settings.backend)
+        return run_dir, predictor, model_version(run_dir)
+
+    def reload(self, run_dir: Path | None = None) -> dict:
+        """Load (slow, off the batcher) then swap between two batches: no request is dropped or fails."""
+        new_dir, predictor, version = self._load(run_dir or self.run_dir)
+        old = self.version
+        self.batcher.swap(predictor)
+        self.metrics.model_info.remove(self.name, old, self.predictor.backend)
+        self.run_dir, self.predictor, self.version = new_dir, predictor, version
+        self.metrics.model_info.labels(self.name, version, predictor.backend).set(1)
+        return {"model": self.name, "version": version, "previous_version": old, "run_dir": str(new_dir)}
+
+    def info(self) -> dict:
+        p = self.predictor
+        return {"name": self.name, "task": p.task.name, "version": self.version, "backend": p.backend,
+                "labels": list(p.labels or []), "run": self.run_dir.name}
+
+
+def _problem(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
+
+
+async def read_json(request: Request, limit: int) -> object:
+    """The body as JSON, refusing more than `limit` bytes before buffering them (413) and bad encodings (422)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} (send fewer or shorter texts)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body exceeds {limit} bytes (send fewer or shorter texts)")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise ApiError(422, 'empty body: send JSON such as {"text": "..."}')
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ApiError(422, f"body is not valid UTF-8 (byte {e.start}); encode the JSON as UTF-8") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ApiError(422, f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise ApiError(422, "body is not valid JSON: nested too deeply") from None
+
+
+def parse(model_cls, payload):
+    if not isinstance(payload, dict):
+        raise ApiError(422, f"body must be a JSON object, got {type(payload).__name__}")
+    try:
+        return model_cls.model_validate(payload)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "body"
+        raise ApiError(422, f"{where}: {first.get('msg')} ({len(e.errors())} problem(s))") from None
+
+
+def check_text(where: str, t: str, max_chars: int) -> str:
+    if not t.strip():
+        raise ApiError(422, f"{where}: empty text; send at least one non-space character")
+    if len(t) > max_chars:
+        raise ApiError(413, f"{where}: text has {len(t)} characters; the limit is {max_chars}")
+    try:
+        t.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, f"{where}: text contains an unpaired surrogate (\\ud800-\\udfff); send valid Unicode") from None
+    return t
+
+
+def predict_inputs(req: PredictRequest, s: ServeSettings) -> tuple[list, bool]:
+    """(inputs for Predictor.predict, single?) after every limit check."""
+    if (req.text is None) == (req.texts is None):
+        raise ApiError(422, 'send exactly one of "text" (a string) or "texts" (a list of strings)')
+    if not 1 <= req.top_k <= s.max_top_k:
+        raise ApiError(422, f"top_k: must be between 1 and {s.max_top_k}")
+    if req.text is not None:
+        if req.text_pairs is not None:
+            raise ApiError(422, 'use "text_pair" with "text" ("text_pairs" goes with "texts")')
+        text = check_text("text", req.text, s.max_text_chars)
+        if req.text_pair is not None:
+            return [(text, check_text("text_pair", req.text_pair, s.max_text_chars))], True
+        return [text], True
+    if req.text_pair is not None:
+        raise ApiError(422, 'use "text_pairs" with "texts" ("text_pair" goes with "text")')
+    if not req.texts:
+        raise ApiError(422, "texts: empty list; send at least one text")
+    if len(req.texts) > s.max_texts:
+        raise ApiError(413, f"texts: {len(req.texts)} texts in one request; the limit is {s.max_texts}")
+    texts = [check_text(f"texts.{i}", t, s.max_text_chars) for i, t in enumerate(req.texts)]
+    if req.text_pairs is not None:
+        if len(req.text_pairs) != len(texts):
+            raise ApiError(422, f"text_pairs: {len(req.text_pairs)} items for {len(texts)} texts; give one per text")
+        return [(a, check_text(f"text_pairs.{i}", b, s.max_text_chars)) for i, (a, b) in
+                enumerate(zip(texts, req.text_pairs))], False
+    return texts, False
+
+
+def _raw_texts(inputs: list) -> list[str]:
+    return [x if isinstance(x, str) else f"{x[0]}\n{x[1]}" for x in inputs]
+
+
+def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: ServiceMetrics, keystore=None,
+               audit=None, on_shutdown=None) -> FastAPI:
+    """The FastAPI app over already-loaded model slots (see `domaintune.serving.server.build_service`)."""
+    from domaintune.serving.keys import RateLimiter
+
+    limiter = RateLimiter()
+    explain_lock = asyncio.Lock()  # explanations run tens of forward passes: one at a time
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        if on_shutdown is not None:
+            await asyncio.get_running_loop().run_in_executor(None, on_shutdown)
+
+    app = FastAPI(title="domaintune", version="1", lifespan=lifespan,
+                  description="Predictions, explanations and health of fine-tuned domaintune runs.")
+    app.state.slots, app.state.settings, app.state.metrics = slots, settings, metrics
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, e: ApiError):
+        return _problem(e.status, e.message, e.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception):  # the message stays in the server log, not the reply
+        log.exception("unhandled error on %s", request.url.path)
+        return _problem(500, "internal error; the server log has the details")
+
+    @app.middleware("http")
+    async def count(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        parts = request.url.path.strip("/").split("/")
+        if len(parts) == 4 and parts[:2] == ["v1", "models"]:
+            model, endpoint = (parts[2] if parts[2] in slots else "_unknown"), parts[3]
+        else:
+            model, endpoint = "_service", (parts[-1] if parts and parts[-1] else "/")
+        code = str(response.status_code)
+        metrics.requests.labels(model, endpoint, code).inc()
+        if response.status_code >= 400:
+            metrics.errors.labels(model, code).inc()
+        metrics.latency.labels(model, endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    def authorize(request: Request, scope: str):
+        """The key's record; 401 without a valid key, 403 without the scope, 429 over its rate limit."""
+        if not settings.auth:
+            return None
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        record = keystore.verify(key.strip()) if scheme.lower() == "bearer" and key.strip() else None
+        if record is None:
+            raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
+                           {"WWW-Authenticate": "Bearer"})
+        if not record.allows(scope):
+            raise ApiError(403, f"this key's scope does not allow {scope}")
+        ok, retry = limiter.allow(record.key_id, record.rate_limit_per_minute)
+        if not ok:
+            raise ApiError(429, "rate limit exceeded for this key", {"Retry-After": str(max(1, round(retry + 0.5)))})
+        return record
+
+    def slot_for(name: str) -> ModelSlot:
+        slot = slots.get(name)
+        if slot is None:
+            raise ApiError(404, f"no model named {name!r}; GET /v1/models lists the served models")
+        return slot
+
+    def audit_record(key, slot, endpoint, inputs, output, t0, status):
+        if audit is not None:
+            audit.record(key_name=key.name if key else None, model=slot.name, version=slot.version, endpoint=endpoint,
+                         inputs=_raw_texts(inputs), output=output, latency_ms=1000 * (time.perf_counter() - t0),
+                         status=status)
+            metrics.audit_pending.set(audit.pending())
+
+    predict_schema = {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": PredictRequest.model_json_schema()}}}}
+
+    @app.post("/v1/models/{name}/predict", openapi_extra=predict_schema, summary="Predict one text or a batch")
+    async def predict(name: str, request: Request):
+        t0 = time.perf_counter()
+        key = authorize(request, "predict")
+        slot = slot_for(name)
+        req = parse(PredictRequest, await read_json(request, settings.max_body_bytes))
+        inputs, single = predict_inputs(req, settings)
+        metrics.queue_depth.labels(name).set(slot.batcher.depth)
+        try:
+            preds = await slot.batcher.submit(inputs, req.top_k)
+        except QueueFull as e:
+            audit_record(key, slot, "predict", inputs, None, t0, 503)
+            raise ApiError(503, "server busy: the request queue is full; retry later",
+                           {"Retry-After": str(max(1, int(e.retry_after + 0.5)))}) from None
+        body = {"model": slot.name, "version": slot.version}
+        body.update({"prediction": preds[0]} if single else {"predictions": preds})
+        audit_record(key, slot, "predict", inputs, preds[0] if single else preds, t0, 200)
+        return JSONResponse(body)
+
+    @app.post("/v1/models/{name}/explain", summary="Per-token attributions for one text",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": ExplainRequest.model_json_schema()}}}})
+    async def explain(name: str, request: Request):
+        from domaintune.explain import explain as run_explain
+
+        t0 = time.perf_counter()
+        key = authorize(request, "predict")
+        slot = slot_for(name)
+        req = parse(ExplainRequest, await read_json(request, settings.max_body_bytes))
+        text = check_text("text", req.text, settings.max_text_chars)
+        if req.method not in ("auto", "ig", "occlusion"):
+            raise ApiError(422, "method: use auto, ig or occlusion")
+        predictor = slot.predictor
+        async with explain_lock:
+            try:
+                result = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: run_explain(predictor, text, target=req.label, method=req.method,
+                                              text_pair=req.text_pair))
+            except ValueError as e:
+                raise ApiError(422, str(e)) from None
+        audit_record(key, slot, "explain", [text], {k: result[k] for k in ("label", "score", "method") if k in result},
+                     t0, 200)
+        return JSONResponse({"model": slot.name, "version": slot.version, **result})
+
+    @app.get("/v1/models", summary="Served models")
+    async def list_models(request: Request):
+        authorize(request, "predict")
+        return {"models": [s.info() for s in slots.values()]}
+
+    @app.get("/v1/models/{name}", summary="One served model")
+    async def model_info(name: str, request: Request):
+        authorize(request, "predict")
+        return slot_for(name).info()
+
+    @app.post("/v1/admin/reload", summary="Swap in a run directory without dropping requests (admin scope)",
+              openapi_extra={"requestBody": {"required": False, "content": {"application/json": {
+                  "schema": ReloadRequest.model_json_schema()}}}})
+    async def reload(request: Request):
+        authorize(request, "admin")
+        body = await read_json(request, settings.max_body_bytes) if request.headers.get("content-length", "0") != "0" \
+            else {}
+        req = parse(ReloadRequest, body)
+        targets = [slot_for(req.model)] if req.model else list(slots.values())
+        if req.run_dir and not req.model:
+            raise ApiError(422, "run_dir needs model: say which served model it replaces")
+        new_dir = safe_run_dir(req.run_dir, settings) if req.run_dir else None
+        loop = asyncio.get_running_loop()
+        try:
+            done = [await loop.run_in_executor(None, slot.reload, new_dir) for slot in targets]
+        except (FileNotFoundError, ValueError) as e:
+            raise ApiError(422, f"reload failed, still serving the previous version: {e}") from None
+        return {"reloaded": done}
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: every model loaded and its worker alive")
+    async def readyz():
+        dead = [n for n, s in slots.items() if not s.batcher._thread.is_alive()]
+        if dead:
+            return _problem(503, f"model worker(s) not running: {', '.join(dead)}")
+        return {"status": "ready", "models": list(slots)}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        for n, s in slots.items():
+            metrics.queue_depth.labels(n).set(s.batcher.depth)
+        if audit is not None:
+            metrics.audit_pending.set(audit.pending())
+        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def safe_run_dir(path: str, settings: ServeSettings) -> Path:
+    """A reload target must be a run directory inside `runs_root` (no `..` escapes, no symlink tricks)."""
+    root = (settings.runs_root or Path.cwd()).resolve()
+    target = Path(path)
+    target = (target if target.is_absolute() else root / target).resolve()
+    if target != root and root not in target.parents:
+        raise ApiError(403, f"run_dir must be inside the server's runs root {root}")
+    if not (target / "model").is_dir():
+        raise ApiError(422, f"{target.name}: not a run directory (no model/ folder)")
+    return target

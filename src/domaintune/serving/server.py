@@ -1,0 +1,126 @@
+"""`domaintune serve RUN_DIR [RUN_DIR ...]`: build the service and run it under uvicorn.
+
+Shutdown order on SIGTERM / Ctrl-C (uvicorn's graceful shutdown, then our
+lifespan hook): stop accepting connections -> let in-flight requests finish ->
+drain every micro-batcher -> flush the audit log -> exit. SIGHUP reloads every
+served run directory from disk (a retrained run copied over the old one, or an
+export added) and swaps it in between two batches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+
+from domaintune.serving.app import ModelSlot, ServeSettings, create_app
+from domaintune.serving.metrics import ServiceMetrics
+
+log = logging.getLogger("domaintune.serving")
+
+
+class ServeError(ValueError):
+    """The service cannot start as asked (bad names, auth off on a public address...)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def model_names(run_dirs: list[Path], names: list[str] | None) -> list[str]:
+    names = list(names or [])
+    if names and len(names) != len(run_dirs):
+        raise ServeError(f"--name given {len(names)} time(s) for {len(run_dirs)} run director(ies); give one per run "
+                         f"or none (the run directory's name is used)")
+    out = names or [Path(r).resolve().name for r in run_dirs]
+    if len(set(out)) != len(out):
+        raise ServeError(f"two served models would share a name ({out}); pass --name once per run directory")
+    for n in out:
+        if not n or "/" in n or n.startswith("."):
+            raise ServeError(f"model name {n!r} cannot be used in a URL path; pass --name")
+    return out
+
+
+def build_service(run_dirs: list[str | Path], names: list[str] | None = None, settings: ServeSettings | None = None,
+                  keys_db: str | Path | None = None, audit_db: str | Path | None = None, host: str = "127.0.0.1"):
+    """(FastAPI app, close function). Loads every model before returning, so /readyz is true from the start."""
+    from domaintune.serving.audit import AuditLog
+    from domaintune.serving.keys import KeyStore, default_keys_db
+
+    settings = settings or ServeSettings()
+    if not settings.auth:
+        if not is_loopback(host):
+            raise ServeError(f"--no-auth is allowed only on a loopback address, not {host!r}: anyone who can reach "
+                             f"the port could call the model; create a key with `domaintune keys create`")
+        log.warning("AUTHENTICATION IS DISABLED (--no-auth): every local process can call this service")
+    run_dirs = [Path(r) for r in run_dirs]
+    if not run_dirs:
+        raise ServeError("give at least one run directory to serve")
+    names = model_names(run_dirs, names)
+    if settings.runs_root is None:
+        settings.runs_root = run_dirs[0].resolve().parent
+    keystore = KeyStore(keys_db or default_keys_db()) if settings.auth else None
+    if keystore is not None and not [k for k in keystore.list() if k.revoked_at is None]:
+        log.warning("no active API keys in %s: every request will get 401; create one with "
+                    "`domaintune keys create --name NAME --scope predict`", keys_db or default_keys_db())
+    audit = AuditLog(audit_db or (run_dirs[0].resolve().parent / "audit.db"), pii=settings.pii)
+    metrics = ServiceMetrics()
+    slots = {n: ModelSlot(n, r, settings, metrics) for n, r in zip(names, run_dirs)}
+    for s in slots.values():
+        log.info("serving %s (%s, %s backend, version %s) from %s", s.name, s.predictor.task.name,
+                 s.predictor.backend, s.version, s.run_dir)
+    closed = threading.Event()
+
+    def close() -> None:
+        if closed.is_set():
+            return
+        closed.set()
+        for s in slots.values():
+            s.batcher.close()
+        audit.close()
+        log.info("audit log flushed: %d rows written", audit.written)
+
+    app = create_app(slots, settings, metrics, keystore=keystore, audit=audit, on_shutdown=close)
+    app.state.audit, app.state.keystore, app.state.close = audit, keystore, close
+    return app, close
+
+
+def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, names: list[str] | None = None,
+          settings: ServeSettings | None = None, keys_db=None, audit_db=None, graceful_seconds: int = 30,
+          log_level: str = "warning") -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads every model."""
+    import uvicorn
+
+    app, close = build_service(run_dirs, names, settings, keys_db, audit_db, host)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_seconds,
+                            access_log=False,  # the audit log is the access log, PII-masked; uvicorn's is not
+                            limit_concurrency=None, backlog=2048)
+    server = uvicorn.Server(config)
+
+    def on_hup(*_):
+        def work():
+            for slot in app.state.slots.values():
+                try:
+                    rec = slot.reload()
+                    log.warning("SIGHUP: %s now version %s", rec["model"], rec["version"])
+                except Exception as e:  # keep serving the old version
+                    log.error("SIGHUP reload of %s failed, still serving the previous version: %s", slot.name, e)
+        threading.Thread(target=work, name="sighup-reload", daemon=True).start()
+
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+    try:
+        server.run()
+    finally:
+        close()
