@@ -48,3 +48,34 @@ def register(app) -> None:
                                f"p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms  agreement {agree}  "
                                f"drop {b['drop_points']:+.2f} pt  gate {'passed' if b['gate_passed'] else 'FAILED'}",
                                highlight=False)
+
+    @app.command()
+    def prune(run_dir: Path = typer.Argument(..., help="A finished full or LoRA fine-tuning run."),
+              keep_layers: int = typer.Option(..., "--keep-layers", help="Encoder layers to keep."),
+              output: Optional[Path] = typer.Option(None, "-o", "--output", help="New run directory "
+                                                    "(default RUN_DIR-Nlayers)."),
+              strategy: str = typer.Option("spread", "--strategy", help="spread (evenly spaced, first and last kept) or "
+                                            "bottom (the lowest N)."),
+              epochs: float = typer.Option(2.0, "--epochs", help="Re-fine-tuning epochs on the run's data."),
+              lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the run's)."),
+              distill: bool = typer.Option(False, "--distill", help="Also learn from the original run's outputs."),
+              alpha: float = typer.Option(0.5, "--alpha", help="Weight of the task loss when distilling."),
+              temperature: float = typer.Option(2.0, "--temperature", help="Distillation temperature."),
+              overwrite: bool = typer.Option(False, "--overwrite"),
+              verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+        """Drop encoder layers, re-fine-tune briefly (optionally distilling), and report accuracy vs speed."""
+        from domaintune import cli as base
+
+        base._setup_logging(verbose)
+        from domaintune.export.prune import PruneError, prune_run
+
+        try:
+            rec = prune_run(run_dir, keep_layers, output, strategy=strategy, epochs=epochs, lr=lr, distill=distill,
+                            alpha=alpha, temperature=temperature, overwrite=overwrite)
+        except (*base.USER_ERRORS, PruneError) as e:
+            base._fail(e)
+            return
+        from domaintune.export.prune import pruning_table
+
+        base.out.print(pruning_table(rec), highlight=False, markup=False)
+        base.out.print(f"pruned run written to {rec['output_run']}", highlight=False)
