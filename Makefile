@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods clean help
+.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving clean help
 
 help:
 	@echo "make demo   - bootstrap .venv and fine-tune the built-in demo"
@@ -59,6 +59,12 @@ bench-tasks: $(BENCH_STAMP)
 # (many CPU hours on 2 cores; bench/methods.py --help lists subset options)
 bench-methods: $(BENCH_STAMP)
 	$(PY) bench/methods.py
+
+# transformers pipeline vs Predictor torch / ONNX fp32 / ONNX int8, then a naive FastAPI server vs
+# `domaintune serve` over HTTP at concurrency 1/8/32/64 (needs runs/b77_full_s4: domaintune train
+# bench/configs/banking77.yaml --set output_dir=runs/b77_full_s4)
+bench-serving: $(BENCH_STAMP)
+	$(PY) bench/serving.py
 
 clean:
 	rm -rf $(VENV) runs
