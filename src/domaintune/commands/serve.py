@@ -20,7 +20,7 @@ def register(app) -> None:
                                                      "postgresql://...; default audit.db beside the first run)."),
               backend: str = typer.Option("auto", "--backend", help="auto, torch, onnx or onnx-int8."),
               max_batch: int = typer.Option(32, "--max-batch", help="Texts per model call."),
-              max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="Longest wait for a batch to fill."),
+              max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="Extra wait for a batch to fill (0: batches form while the model is busy)."),
               max_queue: int = typer.Option(1024, "--max-queue", help="Texts waiting per model before 503."),
               max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes"),
               max_texts: int = typer.Option(256, "--max-texts", help="Texts per request."),

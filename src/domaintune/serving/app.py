@@ -43,7 +43,7 @@ class ServeSettings:
     """Limits and switches of one service instance (`domaintune serve --help` documents each)."""
 
     max_batch: int = 32            # texts per model call
-    max_wait_ms: float = 5.0       # how long the first request of a batch may wait for company
+    max_wait_ms: float = 0.0       # extra wait for company; 0: batches form while the model is busy
     max_queue: int = 1024          # texts waiting per model before 503
     max_body_bytes: int = 1_000_000
     max_texts: int = 256           # texts per request
