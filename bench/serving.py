@@ -53,6 +53,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 for _k, _v in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("HF_HUB_DISABLE_TELEMETRY", "1"),
                ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_k, _v)
@@ -114,23 +115,8 @@ def child_env() -> dict:
     return env
 
 
-def cpu_snapshot() -> dict:
-    """Machine-wide busy CPU seconds (/proc/stat) and the CPU seconds of this process and its reaped children."""
-    busy = None
-    try:
-        f = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-        busy = (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        pass
-    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"busy": busy, "ours": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime, "t": time.perf_counter()}
-
-
-def other_load(a: dict, b: dict) -> float | None:
-    """Average number of cores OTHER processes kept busy between two snapshots."""
-    if a["busy"] is None or b["busy"] is None:
-        return None
-    return round(max((b["busy"] - a["busy"]) - (b["ours"] - a["ours"]), 0.0) / max(b["t"] - a["t"], 1e-9), 2)
+# Machine-load bookkeeping shared with the training benchmark.
+from classification import cpu_snapshot, other_load  # noqa: E402
 
 
 def machine_and_versions() -> tuple[dict, dict]:
