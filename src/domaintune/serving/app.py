@@ -242,21 +242,37 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         log.exception("unhandled error on %s", request.url.path)
         return _problem(500, "internal error; the server log has the details")
 
-    @app.middleware("http")
-    async def count(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        parts = request.url.path.strip("/").split("/")
-        if len(parts) == 4 and parts[:2] == ["v1", "models"]:
-            model, endpoint = (parts[2] if parts[2] in slots else "_unknown"), parts[3]
-        else:
-            model, endpoint = "_service", (parts[-1] if parts and parts[-1] else "/")
-        code = str(response.status_code)
-        metrics.requests.labels(model, endpoint, code).inc()
-        if response.status_code >= 400:
-            metrics.errors.labels(model, code).inc()
-        metrics.latency.labels(model, endpoint).observe(time.perf_counter() - t0)
-        return response
+    class CountRequests:
+        """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream copy per request)."""
+
+        def __init__(self, inner):
+            self.inner = inner
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await self.inner(scope, receive, send)
+            t0, status = time.perf_counter(), [500]
+
+            async def send_status(message):
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await self.inner(scope, receive, send_status)
+            finally:
+                parts = scope["path"].strip("/").split("/")
+                if len(parts) == 4 and parts[:2] == ["v1", "models"]:
+                    model, endpoint = (parts[2] if parts[2] in slots else "_unknown"), parts[3]
+                else:
+                    model, endpoint = "_service", (parts[-1] if parts and parts[-1] else "/")
+                code = str(status[0])
+                metrics.requests.labels(model, endpoint, code).inc()
+                if status[0] >= 400:
+                    metrics.errors.labels(model, code).inc()
+                metrics.latency.labels(model, endpoint).observe(time.perf_counter() - t0)
+
+    app.add_middleware(CountRequests)
 
     def authorize(request: Request, scope: str):
         """The key's record; 401 without a valid key, 403 without the scope, 429 over its rate limit."""
