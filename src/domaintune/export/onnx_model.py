@@ -43,6 +43,9 @@ class OnnxModel:
         opts.intra_op_num_threads = num_threads or physical_cores()
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: spinning threads would steal the cores the HTTP event loop (and any
+        # other work on a small machine) needs; offline it bought ~1 % (1,021 vs 1,009 texts/s, banking77).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
