@@ -39,22 +39,14 @@ def eval_examples(predictor, data: str | Path | None = None, max_examples: int |
             raise DataError(problems)
         name = str(data)
     else:
-        import tempfile
-
-        import yaml
-
         from domaintune.config import load_config
         from domaintune.data import prepare_data
 
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, encoding="utf-8") as f:
-            yaml.safe_dump(predictor.config, f, allow_unicode=True)
         try:
-            splits = prepare_data(load_config(f.name))
+            splits = prepare_data(load_config(predictor.run_dir / "config.yaml"))
         except (DataError, FileNotFoundError, OSError) as e:
             raise FileNotFoundError(f"{predictor.run_dir}: cannot read the run's data to check the export ({e}); "
                                     f"pass --data FILE (a labelled file) or --no-check") from e
-        finally:
-            Path(f.name).unlink(missing_ok=True)
         name, examples = ("test", splits.test) if splits.test else ("dev", splits.dev)
     if not examples:
         raise FileNotFoundError(f"{predictor.run_dir}: the run has no test or dev data to check the export on; "

@@ -174,8 +174,11 @@ def export_run(run_dir: str | Path, quantize: str | None = "int8", gate: float =
         record["opset"] = max(o.version for o in onnx.load(str(tmp / "raw.onnx"), load_external_data=False).opset_import
                               if o.domain in ("", "ai.onnx"))
         record["inputs"], record["outputs"] = names, ["logits"]
-        record["graph"] = optimize_graph(tmp / "raw.onnx", tmp / BACKEND_FILES["onnx"], hf_config) if hf_config else \
-            (shutil.copyfile(tmp / "raw.onnx", tmp / BACKEND_FILES["onnx"]) and {"optimized": False})
+        if hf_config is not None:
+            record["graph"] = optimize_graph(tmp / "raw.onnx", tmp / BACKEND_FILES["onnx"], hf_config)
+        else:
+            shutil.copyfile(tmp / "raw.onnx", tmp / BACKEND_FILES["onnx"])
+            record["graph"] = {"optimized": False, "reason": "no Hugging Face config found in the model"}
         files = [BACKEND_FILES["onnx"]]
         if quantize == "int8":
             quantize_int8(tmp / BACKEND_FILES["onnx"], tmp / BACKEND_FILES["onnx-int8"], per_channel)

@@ -17,17 +17,10 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from domaintune.training.loop import physical_cores
+
 #: backend name -> file under RUN_DIR/export
 BACKEND_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
-
-
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or 1
-    except ImportError:  # pragma: no cover
-        return torch.get_num_threads()
 
 
 class OnnxModel:

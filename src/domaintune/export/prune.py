@@ -135,8 +135,6 @@ def prune_run(run_dir: str | Path, keep_layers: int, output: str | Path | None =
               epochs: float = 2.0, lr: float | None = None, distill: bool = False, alpha: float = 0.5,
               temperature: float = 2.0, overwrite: bool = False, extra_sets: list[str] | None = None) -> dict:
     """Write the pruned, re-fine-tuned run to `output` (default RUN_DIR-Nlayers); return pruning.json."""
-    import yaml
-
     from domaintune.config import load_config
     from domaintune.export.check import eval_examples
     from domaintune.export.onnx_export import exportable_model
@@ -161,12 +159,9 @@ def prune_run(run_dir: str | Path, keep_layers: int, output: str | Path | None =
     with tempfile.TemporaryDirectory(prefix="domaintune-prune-") as tmp:
         init_dir = Path(tmp) / "model"
         teacher_pred.task.save_model(student, teacher_pred.tokenizer, init_dir)
-        cfg_dict = dict(teacher_pred.config)
-        cfg_path = Path(tmp) / "config.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg_dict, allow_unicode=True), encoding="utf-8")
         sets = [f"model={init_dir}", f"output_dir={out}", "method=full", "baseline=false", f"train.epochs={epochs}",
                 f"train.lr={lr or base_lr}", *(extra_sets or [])]
-        cfg = load_config(cfg_path, sets)
+        cfg = load_config(run_dir / "config.yaml", sets)
         method = DistillFromTeacher(teacher, alpha, temperature) if distill else None
         metrics = train_run(cfg, overwrite=overwrite, method=method)
     pruned_pred = Predictor(out, backend="torch")

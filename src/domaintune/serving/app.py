@@ -302,7 +302,6 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
             audit.record(key_name=key.name if key else None, model=slot.name, version=slot.version, endpoint=endpoint,
                          inputs=_raw_texts(inputs), output=output, latency_ms=1000 * (time.perf_counter() - t0),
                          status=status)
-            metrics.audit_pending.set(audit.pending())
 
     predict_schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": PredictRequest.model_json_schema()}}}}
@@ -314,7 +313,6 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         slot = slot_for(name)
         req = parse(PredictRequest, await read_json(request, settings.max_body_bytes))
         inputs, single = predict_inputs(req, settings)
-        metrics.queue_depth.labels(name).set(slot.batcher.depth)
         try:
             preds = await slot.batcher.submit(inputs, req.top_k)
         except QueueFull as e:
@@ -386,7 +384,7 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
 
     @app.get("/readyz", summary="Readiness: every model loaded and its worker alive")
     async def readyz():
-        dead = [n for n, s in slots.items() if not s.batcher._thread.is_alive()]
+        dead = [n for n, s in slots.items() if not s.batcher.alive]
         if dead:
             return _problem(503, f"model worker(s) not running: {', '.join(dead)}")
         return {"status": "ready", "models": list(slots)}

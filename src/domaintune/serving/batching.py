@@ -66,6 +66,10 @@ class MicroBatcher:
     def depth(self) -> int:
         return self._queued
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def swap(self, predictor) -> None:
         """Serve with `predictor` from the next batch on (the batch in flight finishes on the old one)."""
         with self._cond:

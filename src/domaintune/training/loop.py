@@ -43,15 +43,19 @@ def use_bf16(precision: str) -> bool:
     return cpu_has_bf16()
 
 
-def set_threads(num_threads: int | None) -> int:
-    """One intra-op thread per physical core: hyper-threads only add contention in GEMMs."""
-    if num_threads is None:
-        try:
-            import psutil
+def physical_cores() -> int:
+    """Physical cores (hyper-threads only add contention in GEMMs); torch's thread count without psutil."""
+    try:
+        import psutil
 
-            num_threads = psutil.cpu_count(logical=False) or torch.get_num_threads()
-        except ImportError:
-            num_threads = torch.get_num_threads()
+        return psutil.cpu_count(logical=False) or torch.get_num_threads()
+    except ImportError:
+        return torch.get_num_threads()
+
+
+def set_threads(num_threads: int | None) -> int:
+    """One intra-op thread per physical core."""
+    num_threads = num_threads or physical_cores()
     torch.set_num_threads(num_threads)
     return num_threads
 
