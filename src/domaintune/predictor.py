@@ -32,10 +32,13 @@ log = logging.getLogger("domaintune")
 class Predictor:
     """Loads a run directory once; predicts for strings, (text, text_pair) pairs or whole files."""
 
-    def __init__(self, run_dir: str | Path, batch_size: int = 64, num_threads: int | None = None,
+    def __init__(self, run_dir: str | Path, batch_size: int | None = None, num_threads: int | None = None,
                  backend: str = "auto"):
         """`backend`: torch, onnx, onnx-int8, or auto (the fastest exported model that passed its accuracy
-        gate in export/benchmark.json, else torch). The output format is the same for every backend."""
+        gate in export/benchmark.json, else torch). The output format is the same for every backend.
+
+        `batch_size` default: 64 for torch, 16 for ONNX - the ONNX backend runs one batch per core side by
+        side, and smaller batches pad less (int8 banking77: 1,218 texts/s at 16 vs 1,092 at 64)."""
         self.run_dir = Path(run_dir)
         model_dir = self.run_dir / "model"
         if not any((model_dir / f).is_file() for f in ("config.json", "adapter_config.json", "domaintune_head.json")):
@@ -68,7 +71,7 @@ class Predictor:
             self.task.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.labels = self.task.labels
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.batch_size = batch_size
+        self.batch_size = batch_size or (64 if self.backend == "torch" else 16)
         set_threads(num_threads)
 
     def context(self) -> EvalContext:

@@ -120,6 +120,35 @@ def test_long_text_is_windowed_and_offsets_slice(english_run):
     assert {"Alice Smith", "Grace Lee"} <= found or len(found) >= 8, found  # both ends of the text
 
 
+def test_onnx_export_tags_like_torch_and_lanes_split_batches_exactly(english_run, tmp_path):
+    """Per-token logits through ONNX: same entities as torch, and a batch split across lanes (rows trimmed to
+    their own padding, re-padded after) gives the same logits as one unsplit run."""
+    import shutil
+
+    import numpy as np
+
+    from domaintune.export import export_run
+    from domaintune.export.onnx_model import OnnxModel
+
+    run = shutil.copytree(english_run[0], tmp_path / "run")  # the fixture run stays torch-only for other tests
+    rec = export_run(run, quantize=None)
+    assert rec["backends"]["onnx"]["gate_passed"] and rec["backends"]["onnx"]["max_abs_logit_difference"] < 1e-3
+    texts = ["Yesterday Grace Lee joined Hooli in Oslo .", "Bob Jones visited Madrid", "Paris",
+             "  ".join(f"{p} works at {o} in {l} ." for p, o, l in zip(PERSONS, ORGS, LOCS))]
+    spans = lambda preds: [[(e["start"], e["end"], e["type"]) for e in p["entities"]] for p in preds]  # noqa: E731
+    torch_pred = Predictor(run, backend="torch").predict(texts)
+    onnx_pred = Predictor(run, backend="onnx", num_threads=2).predict(texts)
+    assert spans(onnx_pred) == spans(torch_pred)
+    p = Predictor(run, backend="torch")
+    batch = p.task.collate(p.features(p.examples(texts[:3])), p.pad_id)
+    batch.pop("labels", None)
+    assert batch["attention_mask"].sum(1).tolist() != [batch["attention_mask"].shape[1]] * 3  # rows really differ
+    one = OnnxModel(run / "export" / "model.onnx", num_threads=1)(**batch).logits.numpy()
+    lanes = OnnxModel(run / "export" / "model.onnx", num_threads=3)(**batch).logits.numpy()
+    mask = batch["attention_mask"].numpy().astype(bool)
+    assert one.shape == lanes.shape and np.allclose(one[mask], lanes[mask], atol=1e-5)
+
+
 def test_cli_predict_text_file_and_evaluate(english_run, tmp_path):
     run, files = english_run
     runner = CliRunner()

@@ -73,10 +73,19 @@ def predict_logits(model, features: list[dict], collate, pad_id: int, batch_size
         return torch.empty(0) if stack else []
     lengths = [len(f["input_ids"]) for f in features]
     out: list[torch.Tensor | None] = [None] * len(features)
-    for idx in inference_batches(lengths, batch_size):
-        batch = collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx], pad_id)
+
+    def make_batch(idx):
+        return collate([{k: v for k, v in features[i].items() if k != "labels"} for i in idx], pad_id)
+
+    def torch_logits(idx):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(**batch).logits.float()
+            return idx, model(**make_batch(idx)).logits.float()
+
+    batches = inference_batches(lengths, batch_size)
+    # a model that runs several batches at once (the ONNX backend's lanes) gets them all
+    runner = getattr(model, "map_logits", None)
+    for idx, logits in (runner(batches, make_batch) if runner else map(torch_logits, batches)):
+        logits = logits.float()
         for j, i in enumerate(idx):
             out[i] = logits[j] if logits.dim() == 2 else logits[j, : lengths[i]]
     return torch.stack(out) if stack else out  # type: ignore[arg-type]
