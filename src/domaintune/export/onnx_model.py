@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,35 +27,40 @@ BACKEND_FILES = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx"}
 class OnnxModel:
     """`OnnxModel(path)(**batch).logits` - the subset of `nn.Module` the Predictor and tasks use.
 
-    Parallelism is ours, not ONNX Runtime's: the session runs each call on one
-    thread, and `lanes` Python threads (one per physical core) call it at the
-    same time - ORT sessions are thread-safe and release the GIL. On a small
-    encoder the per-operator work is too small for ORT's intra-op threads to
-    split well: on banking77 (2 cores, int8 MiniLM-L6) one 2-thread session
-    ran 1,023 texts/s, two 1-thread lanes 1,212-1,272 (measured 2026-11-26).
-    A single batch (the service's micro-batch) is split by rows across the
-    lanes; many batches (`map_logits`, used by offline prediction) run whole
-    batches side by side.
+    Two ways to use the cores, each where it measured faster (banking77, int8
+    MiniLM-L6, 2 cores, 2026-11-26):
+    - one batch at a time (the service's micro-batches): one session with an
+      intra-op thread per core. The HTTP event loop needs the cores between
+      batches; lanes there cut `serve` from 411 to 250-270 req/s (wrk, c=32).
+    - many batches at once (`map_logits`, offline prediction): one 1-thread
+      session run from one Python thread ("lane") per core, each lane a whole
+      batch - ORT sessions are thread-safe and release the GIL. On an encoder
+      this small the per-operator work is too little for intra-op threads to
+      split well: 1,023 texts/s with one 2-thread session, 1,212-1,272 with
+      two lanes. The lane session is built on first use.
     """
 
     def __init__(self, path: str | Path, num_threads: int | None = None, config=None):
-        import onnxruntime as ort
-
         self.path = Path(path)
         self.lanes = max(1, num_threads or physical_cores())
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # No busy-waiting between runs: spinning threads would steal the cores the HTTP event loop (and any
-        # other work on a small machine) needs; offline it bought ~1 % (1,021 vs 1,009 texts/s, banking77).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        self.session = self._session(self.lanes)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
         self.config = config
         self.training = False
-        self._pool = None
+        self._lane_session = self._pool = None
+
+    def _session(self, threads: int):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1  # no parallelism across ops: on 2 cores it only adds contention
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No busy-waiting between runs: spinning threads would steal the cores the HTTP event loop (and any
+        # other work on a small machine) needs; offline it bought ~1 % (1,021 vs 1,009 texts/s, banking77).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     # nn.Module look-alikes used by callers
     def eval(self):
@@ -67,14 +72,6 @@ class OnnxModel:
     def parameters(self):
         return iter(())
 
-    @property
-    def pool(self):
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="onnx-lane")
-        return self._pool
-
     def feed(self, batch: dict) -> dict[str, np.ndarray]:
         feed = {}
         for name in self.input_names:
@@ -85,56 +82,26 @@ class OnnxModel:
             feed[name] = arr.astype(np.float32 if arr.dtype.kind == "f" else np.int64, copy=False)
         return feed
 
-    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.run([self.output_name], feed)[0]
-
     def __call__(self, labels=None, **batch) -> SimpleNamespace:
-        feed = self.feed(batch)
-        rows = len(next(iter(feed.values())))
-        if self.lanes == 1 or rows < 2:
-            logits = self.run(feed)
-        else:
-            parts = [trim_padding({k: v[sl] for k, v in feed.items()})
-                     for sl in row_slices(rows, min(self.lanes, rows))]
-            logits = concat_padded(list(self.pool.map(self.run, parts)))
+        logits = self.session.run([self.output_name], self.feed(batch))[0]
         return SimpleNamespace(logits=torch.from_numpy(np.ascontiguousarray(logits)))
 
-    def map_logits(self, items: Iterable, make_batch: Callable[[object], dict]) -> Iterator[tuple[object, torch.Tensor]]:
-        """(item, logits) for each item, in order; `make_batch(item)` -> batch dict runs on a lane thread,
-        so whole batches (collation included) run side by side, one per core."""
+    def map_logits(self, items: Sequence, make_batch: Callable[[object], dict]) -> Iterator[tuple[object, torch.Tensor]]:
+        """(item, logits) for each item, in order; `make_batch(item)` -> batch dict. Two or more items run
+        side by side on the lanes (collation included); a single one runs on the multi-thread session."""
+        if self.lanes == 1 or len(items) < 2:
+            return ((item, self(**make_batch(item)).logits) for item in items)
+        if self._lane_session is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._lane_session = self._session(1)
+            self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="onnx-lane")
+
         def one(item):
-            return item, torch.from_numpy(np.ascontiguousarray(self.run(self.feed(make_batch(item)))))
+            logits = self._lane_session.run([self.output_name], self.feed(make_batch(item)))[0]
+            return item, torch.from_numpy(np.ascontiguousarray(logits))
 
-        if self.lanes == 1:
-            return map(one, items)
-        return self.pool.map(one, items)
-
-
-def row_slices(rows: int, parts: int) -> list[slice]:
-    """`parts` contiguous, nearly equal row ranges (length-sorted batches keep similar lengths together)."""
-    bounds = np.linspace(0, rows, parts + 1).round().astype(int)
-    return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def trim_padding(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Drop trailing columns that are padding for every row of this slice (rows of a split batch are shorter)."""
-    mask = feed.get("attention_mask")
-    if mask is None or mask.ndim != 2:
-        return feed
-    used = int(mask.any(axis=0).nonzero()[0].max()) + 1 if mask.any() else mask.shape[1]
-    if used == mask.shape[1]:
-        return feed
-    return {k: (v[:, :used] if v.ndim == 2 and v.shape[1] == mask.shape[1] and v.dtype == np.int64 else v)
-            for k, v in feed.items()}
-
-
-def concat_padded(parts: list[np.ndarray]) -> np.ndarray:
-    """Stack row slices back; per-token outputs of trimmed slices are zero-padded to the longest (callers cut
-    each row to its own length, as with torch)."""
-    if parts[0].ndim < 3:
-        return np.concatenate(parts)
-    width = max(p.shape[1] for p in parts)
-    return np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0))) for p in parts])
+        return self._pool.map(one, items)
 
 
 def export_record(run_dir: str | Path) -> dict:
