@@ -17,7 +17,7 @@ KEY=$(.venv/bin/domaintune keys create --name wrk --scope predict 2>/dev/null | 
 {
 echo "# Serving throughput with wrk ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 echo
-echo "Run \`$RUN\`, banking77 test texts, one text per request, \`wrk -t2 -cC -d30s --latency\`; load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "Run \`$RUN\`, banking77 test texts, one text per request, \`wrk -t2 -cC -d${DURATION:-30s} --latency\`; load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
 echo
 echo '```'
 .venv/bin/python bench/serving.py --naive-server --run "$RUN" --port 8766 > "$TMP/naive.log" 2>&1 &
