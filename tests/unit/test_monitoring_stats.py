@@ -81,3 +81,25 @@ def test_window_not_full_and_unknown_statistic():
     assert math.isnan(w.value("label_psi")) and not w.full
     with pytest.raises(KeyError, match="unknown statistic"):
         w.value("nope")
+
+
+def test_offline_plots_render_chinese_labels(tmp_path, caplog):
+    import datetime as dt
+    import logging
+    import warnings
+
+    from domaintune.monitoring.offline import plot_windows, stats_table, window_stats
+
+    t = dt.datetime(2026, 11, 26, 8, 0)
+    rows = [(t, f"文本{i}", {"label": "负面" if i % 3 == 0 or i >= 60 else "正面", "score": 0.9}) for i in range(90)]
+    windows, profile = window_stats(rows, 30)
+    assert profile.labels == ["负面", "正面"] and [w["n"] for w in windows] == [30, 30, 30]
+    assert windows[0]["label_share"]["负面"] == pytest.approx(1 / 3) and windows[2]["label_share"]["负面"] == 1.0
+    assert stats_table(windows, profile, "t").row_count == 3
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, "domaintune"):
+        warnings.simplefilter("always")
+        paths = plot_windows(windows, profile, tmp_path, "情感")
+    assert [p.name for p in paths] == ["情感_label_share.png", "情感_drift.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+    assert not [w for w in caught if "Glyph" in str(w.message) and "missing" in str(w.message)]
+    assert "No CJK font" not in caplog.text

@@ -60,7 +60,6 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     `alerts`: rules YAML evaluated continuously (`domaintune.monitoring.rules`); alert history in `alerts_db`
     (default alerts.db beside the first run). Drift gauges are on whether or not rules are given."""
     from domaintune.monitoring.online import build_monitor
-
     from domaintune.serving.audit import AuditLog
     from domaintune.serving.keys import KeyStore, default_keys_db
 
@@ -83,8 +82,14 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     audit = AuditLog(audit_db or (run_dirs[0].resolve().parent / "audit.db"), pii=settings.pii)
     metrics = ServiceMetrics()
     slots = {n: ModelSlot(n, r, settings, metrics) for n, r in zip(names, run_dirs)}
-    monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry, alerts,
-                            alerts_db or (run_dirs[0].resolve().parent / "alerts.db"))
+    try:  # a bad rules file stops startup with every problem listed (RulesError)
+        monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry, alerts,
+                                alerts_db or (run_dirs[0].resolve().parent / "alerts.db"))
+    except BaseException:
+        for s in slots.values():
+            s.batcher.close()
+        audit.close()
+        raise
     for s in slots.values():
         log.info("serving %s (%s, %s backend, version %s) from %s", s.name, s.predictor.task.name,
                  s.predictor.backend, s.version, s.run_dir)
