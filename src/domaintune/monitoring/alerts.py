@@ -123,13 +123,17 @@ class WebhookSink:
         self._queue: queue.Queue = queue.Queue(maxsize=spec.queue_size)
         self._stop = threading.Event()
         self.delivered = self.failed = self.dropped = self.attempts = 0
+        self._outstanding = 0  # alerts queued or being delivered (with their retries)
+        self._lock = threading.Lock()
         self._client = httpx.Client(timeout=spec.timeout_seconds, headers=spec.headers)
         self._thread = threading.Thread(target=self._run, name="alert-webhook", daemon=True)
         self._thread.start()
 
     def emit(self, alert: Alert) -> None:
         try:
-            self._queue.put_nowait(alert)
+            with self._lock:
+                self._queue.put_nowait(alert)
+                self._outstanding += 1
         except queue.Full:
             self.dropped += 1
             log.warning("alert webhook queue full (%d): alert %s not sent (it is in the alert history)",
@@ -166,19 +170,24 @@ class WebhookSink:
                 alert = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self._send(alert)
+            try:
+                self._send(alert)
+            finally:
+                with self._lock:
+                    self._outstanding -= 1
 
     def pending(self) -> int:
         return self._queue.qsize()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Give queued alerts up to `timeout` seconds, then stop (a hung receiver does not hold shutdown)."""
+        """Give queued and in-flight alerts up to `timeout` seconds, then stop (a hung receiver cannot hold
+        shutdown longer)."""
         end = time.monotonic() + timeout
-        while self._queue.qsize() and time.monotonic() < end and self._thread.is_alive():
+        while self._outstanding and time.monotonic() < end and self._thread.is_alive():
             time.sleep(0.05)
         self._stop.set()
         self._thread.join(max(0.0, end - time.monotonic()) + 0.5)
-        left = self._queue.qsize()
+        left = self._outstanding
         if left:
             log.warning("alert webhook closed with %d alert(s) undelivered (they are in the alert history)", left)
         if not self._thread.is_alive():
