@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving clean help
+.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving bench-monitoring clean help
 
 help:
 	@echo "make demo   - bootstrap .venv and fine-tune the built-in demo"
@@ -65,6 +65,11 @@ bench-methods: $(BENCH_STAMP)
 # bench/configs/banking77.yaml --set output_dir=runs/b77_full_s4)
 bench-serving: $(BENCH_STAMP)
 	$(PY) bench/serving.py
+
+# drift detection on Financial PhraseBank (non-commercial data): trains runs/fpb_monitor (2 epochs) unless it
+# exists, replays 10,000 stationary + 1,000 shifted messages through the monitor and alert engine
+bench-monitoring: $(STAMP)
+	$(PY) bench/monitoring.py
 
 clean:
 	rm -rf $(VENV) runs

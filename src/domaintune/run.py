@@ -26,6 +26,7 @@ from domaintune.evaluation.metrics import summary
 from domaintune.evaluation.report import write_report
 from domaintune.methods import FitContext, get_method, trainable_summary
 from domaintune.models import licence_of, resolve_model
+from domaintune.monitoring.profile import write_run_profile
 from domaintune.tasks import EvalContext, get_task
 from domaintune.training.checkpoint import atomic_dir, atomic_write_json, atomic_write_text
 from domaintune.methods.head_init import probe_init_head
@@ -157,6 +158,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
         "dev": dev_metrics, "test": test_metrics, "baseline": baseline, "history": result.history,
     }
     write_report(run_dir, metrics, config_text, list(task.labels), licence_of(cfg.model), task)
+    # Reference for drift monitoring (profile.json); logs and carries on if it cannot be built.
+    write_run_profile(run_dir, task, model, tokenizer, splits, ctx(False), cfg.train.max_length)
     atomic_write_json(run_dir / "metrics.json", metrics)
     log.info("run written to %s: test %s", run_dir, {k: round(v, 4) for k, v in summary(test_metrics).items()})
     return metrics

@@ -32,6 +32,10 @@ def register(app) -> None:
               no_auth: bool = typer.Option(False, "--no-auth", help="Disable API keys (loopback only; logs a warning)."),
               graceful_seconds: int = typer.Option(30, "--graceful-seconds", help="How long shutdown waits for "
                                                    "in-flight requests."),
+              alerts: Optional[Path] = typer.Option(None, "--alerts", help="Alert rules YAML, evaluated "
+                                                    "continuously (README: Monitoring and alerts)."),
+              alerts_db: Optional[str] = typer.Option(None, "--alerts-db", help="Alert history (path or SQLAlchemy "
+                                                      "URL; default alerts.db beside the first run)."),
               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
         """Serve runs over HTTP: predict, explain, health, Prometheus metrics; API keys, batching, audit log."""
         from domaintune import cli as base
@@ -48,6 +52,6 @@ def register(app) -> None:
                                f"(docs: /docs, metrics: /metrics)")
             run_server(run_dirs, host=host, port=port, names=name or None, settings=settings, keys_db=keys_db,
                        audit_db=audit_db, graceful_seconds=graceful_seconds,
-                       log_level="info" if verbose else "warning")
+                       log_level="info" if verbose else "warning", alerts=alerts, alerts_db=alerts_db)
         except (*base.USER_ERRORS, ServeError, ValueError) as e:
             base._fail(e)

@@ -216,8 +216,10 @@ def _raw_texts(inputs: list) -> list[str]:
 
 
 def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: ServiceMetrics, keystore=None,
-               audit=None, on_shutdown=None) -> FastAPI:
-    """The FastAPI app over already-loaded model slots (see `domaintune.serving.server.build_service`)."""
+               audit=None, on_shutdown=None, monitor=None) -> FastAPI:
+    """The FastAPI app over already-loaded model slots (see `domaintune.serving.server.build_service`).
+
+    `monitor`: a `domaintune.monitoring.online.MonitorHub` fed every prediction (O(1) per request)."""
     from domaintune.serving.keys import RateLimiter
 
     limiter = RateLimiter()
@@ -322,6 +324,8 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         body = {"model": slot.name, "version": slot.version}
         body.update({"prediction": preds[0]} if single else {"predictions": preds})
         audit_record(key, slot, "predict", inputs, preds[0] if single else preds, t0, 200)
+        if monitor is not None:
+            monitor.observe(slot.name, slot.version, slot.run_dir, inputs, preds)
         return JSONResponse(body)
 
     @app.post("/v1/models/{name}/explain", summary="Per-token attributions for one text",

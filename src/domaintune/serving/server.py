@@ -53,8 +53,13 @@ def model_names(run_dirs: list[Path], names: list[str] | None) -> list[str]:
 
 
 def build_service(run_dirs: list[str | Path], names: list[str] | None = None, settings: ServeSettings | None = None,
-                  keys_db: str | Path | None = None, audit_db: str | Path | None = None, host: str = "127.0.0.1"):
-    """(FastAPI app, close function). Loads every model before returning, so /readyz is true from the start."""
+                  keys_db: str | Path | None = None, audit_db: str | Path | None = None, host: str = "127.0.0.1",
+                  alerts: str | Path | None = None, alerts_db: str | Path | None = None):
+    """(FastAPI app, close function). Loads every model before returning, so /readyz is true from the start.
+
+    `alerts`: rules YAML evaluated continuously (`domaintune.monitoring.rules`); alert history in `alerts_db`
+    (default alerts.db beside the first run). Drift gauges are on whether or not rules are given."""
+    from domaintune.monitoring.online import build_monitor
     from domaintune.serving.audit import AuditLog
     from domaintune.serving.keys import KeyStore, default_keys_db
 
@@ -77,6 +82,14 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     audit = AuditLog(audit_db or (run_dirs[0].resolve().parent / "audit.db"), pii=settings.pii)
     metrics = ServiceMetrics()
     slots = {n: ModelSlot(n, r, settings, metrics) for n, r in zip(names, run_dirs)}
+    try:  # a bad rules file stops startup with every problem listed (RulesError)
+        monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry, alerts,
+                                alerts_db or (run_dirs[0].resolve().parent / "alerts.db"))
+    except BaseException:
+        for s in slots.values():
+            s.batcher.close()
+        audit.close()
+        raise
     for s in slots.values():
         log.info("serving %s (%s, %s backend, version %s) from %s", s.name, s.predictor.task.name,
                  s.predictor.backend, s.version, s.run_dir)
@@ -88,21 +101,22 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
         closed.set()
         for s in slots.values():
             s.batcher.close()
+        monitor.close()
         audit.close()
         log.info("audit log flushed: %d rows written", audit.written)
 
-    app = create_app(slots, settings, metrics, keystore=keystore, audit=audit, on_shutdown=close)
-    app.state.audit, app.state.keystore, app.state.close = audit, keystore, close
+    app = create_app(slots, settings, metrics, keystore=keystore, audit=audit, on_shutdown=close, monitor=monitor)
+    app.state.audit, app.state.keystore, app.state.close, app.state.monitor = audit, keystore, close, monitor
     return app, close
 
 
 def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, names: list[str] | None = None,
           settings: ServeSettings | None = None, keys_db=None, audit_db=None, graceful_seconds: int = 30,
-          log_level: str = "warning") -> None:
+          log_level: str = "warning", alerts=None, alerts_db=None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads every model."""
     import uvicorn
 
-    app, close = build_service(run_dirs, names, settings, keys_db, audit_db, host)
+    app, close = build_service(run_dirs, names, settings, keys_db, audit_db, host, alerts=alerts, alerts_db=alerts_db)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_seconds,
                             access_log=False,  # the audit log is the access log, PII-masked; uvicorn's is not
                             limit_concurrency=None, backlog=2048)
