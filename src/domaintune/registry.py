@@ -114,7 +114,11 @@ def check_run_dir(run_dir: str | Path, load: bool = True) -> Path:
         raise RegistryError(f"{p} is not a finished run directory (missing {', '.join(missing)}); train it to the "
                             f"end first, or pass the run's folder rather than a file inside it")
     if load:
+        from transformers.utils import logging as hf_logging
+
         from domaintune.predictor import Predictor
+
+        hf_logging.disable_progress_bar()  # a validation load needs no "Loading weights" bar
 
         try:
             Predictor(p, backend="torch")

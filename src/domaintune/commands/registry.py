@@ -64,9 +64,9 @@ def register(app) -> None:
                      db: Optional[str] = typer.Option(None, "--registry-db", help=DB_HELP),
                      as_json: bool = typer.Option(False, "--json")) -> None:
         """Register RUN_DIR as the next version of NAME (data hashes, config, metrics, parent recorded)."""
-        from domaintune import cli as base
+        import logging
 
-        base._setup_logging(False)  # register loads the run once: keep transformers' loading bars quiet
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
         with _registry(db) as r:
             v = r.register(run_dir, name, parent=parent, alias=alias, description=description, force=force)
         if as_json:
