@@ -122,7 +122,7 @@ def switch(load: Load, action, expect: str) -> float:
     return seconds
 
 
-def test_promote_and_rollback_under_load_switch_fast_and_fail_nothing(registry_service, caplog):
+def test_promote_and_rollback_under_load_switch_fast_and_fail_nothing(registry_service, caplog, record_property):
     svc, reg = registry_service, registry_service["registry"]
     info = served_model(svc)
     assert info["version"] == "1" and info["registry"]["version"] == 1
@@ -145,8 +145,10 @@ def test_promote_and_rollback_under_load_switch_fast_and_fail_nothing(registry_s
             time.sleep(0.05)
         load.wait_requests(30, since=t_bad)
     records = load.records
-    print(f"\nregistry switch under load: promote {promoted:.3f} s, rollback {rolled_back:.3f} s, "
-          f"{len(records)} requests")
+    summary = (f"registry switch under load: promote {promoted:.3f} s, rollback {rolled_back:.3f} s, "
+               f"{len(records)} requests, {sum(r.status != 200 for r in records)} failed")
+    print("\n" + summary)
+    record_property("switch", summary)
     failed = [r for r in records if r.status != 200]
     assert not failed, f"{len(failed)} of {len(records)} requests failed: {failed[:5]}"
     assert len(records) >= 100
@@ -167,6 +169,10 @@ def test_registry_and_run_directories_serve_side_by_side(registry_service, train
     svc = registry_service
     settings = ServeSettings(auth=False, backend="torch")
     db = svc["root"] / "registry.db"
+    svc["registry"].promote("tickets", 3)  # a version that does not load stops the start with what to do
+    with pytest.raises(RegistryError, match=r"tickets@production points at v3 .* does not load .* rollback"):
+        build_service([], settings=settings, registry=["tickets"], registry_db=db, audit_db=tmp_path / "audit0.db")
+    svc["registry"].promote("tickets", 1)
     app, close = build_service([trained_run], names=["plain"], settings=settings, registry=["tickets"],
                                registry_db=db, audit_db=tmp_path / "audit.db")
     try:

@@ -189,5 +189,16 @@ def attach(specs: list[str], registry_db, settings, metrics, taken: dict, interv
 
         raise RegistryError(f"served model name(s) {clash} given twice (a run directory's name or a repeated "
                             f"--registry); rename the run with --name or serve each alias once")
-    slots = {b.served_name: RegistrySlot(b, settings, metrics) for b in bindings}
+    slots = {}
+    for b in bindings:
+        try:
+            slots[b.served_name] = RegistrySlot(b, settings, metrics)
+        except Exception as e:  # noqa: BLE001 - any load failure: one message that says what to do
+            from domaintune.registry import RegistryError
+
+            for s in slots.values():
+                s.batcher.close()
+            raise RegistryError(f"{b.model}@{b.alias} points at v{b.version} ({b.run_dir}), which does not load "
+                                f"({type(e).__name__}: {e}); `domaintune registry rollback {b.model} --alias "
+                                f"{b.alias}` or promote a working version") from None
     return slots, RegistryWatcher(registry, list(slots.values()), interval=interval).start()
