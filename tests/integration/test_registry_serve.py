@@ -178,6 +178,9 @@ def test_registry_and_run_directories_serve_side_by_side(registry_service, train
     try:
         names = {s.name: s.version for s in app.state.slots.values()}
         assert set(names) == {"plain", "tickets"} and len(names["plain"]) == 12 and names["tickets"].isdigit()
+        with pytest.raises(ValueError, match="served from the registry"):  # admin reload cannot mislabel it
+            app.state.slots["tickets"].reload(trained_run)
+        assert app.state.slots["tickets"].reload()["version"] == "1"     # SIGHUP-style reload keeps the label
     finally:
         close()
     with pytest.raises(RegistryError, match="given twice"):

@@ -73,6 +73,7 @@ class RegistrySlot(ModelSlot):
         self.binding = binding
         self._switch_lock = threading.Lock()
         self._target = binding.version   # the registry version the run being loaded belongs to
+        self._switching = False
         self.content_version = ""
         super().__init__(binding.served_name, binding.run_dir, settings, metrics)
         self.content_version = self._loaded_content
@@ -85,15 +86,24 @@ class RegistrySlot(ModelSlot):
     def switch(self, version: int, run_dir: Path) -> dict:
         """Load `run_dir` as registry `version` and swap it in between two batches; raises if it cannot load."""
         with self._switch_lock:
-            self._target = version
+            self._target, self._switching = version, True
             try:
                 rec = self.reload(Path(run_dir))
             except BaseException:
                 self._target = self.binding.version
                 raise
+            finally:
+                self._switching = False
             self.binding.version, self.binding.run_dir = version, Path(run_dir)
             self.content_version = self._loaded_content
             return rec
+
+    def reload(self, run_dir: Path | None = None) -> dict:
+        """SIGHUP / admin reload re-read the served version; another run directory would mislabel it."""
+        if run_dir is not None and not self._switching and Path(run_dir).resolve() != self.binding.run_dir.resolve():
+            raise ValueError(f"{self.name} is served from the registry ({self.binding.model}@{self.binding.alias}); "
+                             f"register the run and `domaintune registry promote` it instead")
+        return super().reload(run_dir)
 
     def info(self) -> dict:
         b = self.binding
