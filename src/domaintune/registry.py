@@ -154,7 +154,10 @@ def metrics_summary(run_dir: Path) -> dict:
     p = run_dir / "metrics.json"
     if not p.is_file():
         return {}
-    m = json.loads(p.read_text(encoding="utf-8"))
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        return {"error": f"metrics.json unreadable: {e}"}
     scalars = lambda d: {k: v for k, v in (d or {}).items() if isinstance(v, (int, float))}  # noqa: E731
     t = m.get("train") or {}
     return {"task": m.get("task"), "method": m.get("method"), "model": m.get("model"),
@@ -172,14 +175,16 @@ class Registry:
         from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
-        self.uri = registry_uri(db)
         self.where = str(db if db is not None else default_registry_db())
         self._exc = MlflowException
         try:
+            self.uri = registry_uri(db)
             self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
             self.client.search_registered_models(max_results=1)  # opens the database and migrates its schema now
-        except MlflowException as e:
-            raise RegistryError(f"cannot open the registry at {self.where}: {e.message}") from None
+        except Exception as e:  # noqa: BLE001 - unwritable path, bad URL, missing driver: one message
+            msg = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
+            raise RegistryError(f"cannot open the registry at {self.where}: {msg}; check the path or "
+                                f"--registry-db URL") from None
 
     # ---- reading -----------------------------------------------------------------------------------------------
 

@@ -167,6 +167,12 @@ def test_clear_errors_for_bad_names_paths_versions_and_aliases(reg, tmp_path, tr
         reg.promote("tickets", 1)
 
 
+def test_an_unopenable_registry_is_one_clear_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RegistryError, match="cannot open the registry"):
+        Registry(tmp_path / "file" / "registry.db")  # parent is a file
+
+
 def test_default_location_follows_domaintune_home(monkeypatch, tmp_path):
     monkeypatch.setenv("DOMAINTUNE_HOME", str(tmp_path / "home"))
     assert default_registry_db() == tmp_path / "home" / "registry.db"
