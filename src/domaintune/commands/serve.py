@@ -1,4 +1,4 @@
-"""`domaintune serve RUN_DIR [RUN_DIR ...]` (see domaintune.serving)."""
+"""`domaintune serve [RUN_DIR ...] [--registry NAME[@alias] ...]` (see domaintune.serving)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import typer
 
 def register(app) -> None:
     @app.command()
-    def serve(run_dirs: list[Path] = typer.Argument(..., help="Run directories to serve."),
+    def serve(run_dirs: Optional[list[Path]] = typer.Argument(None, help="Run directories to serve."),
               host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
               port: int = typer.Option(8000, "--port"),
               name: list[str] = typer.Option([], "--name", help="URL name per run directory (default: its folder name)."),
@@ -36,6 +36,11 @@ def register(app) -> None:
                                                     "continuously (README: Monitoring and alerts)."),
               alerts_db: Optional[str] = typer.Option(None, "--alerts-db", help="Alert history (path or SQLAlchemy "
                                                       "URL; default alerts.db beside the first run)."),
+              registry: list[str] = typer.Option([], "--registry", help="Serve a registry alias, NAME or "
+                                                 "NAME@ALIAS (default alias production; repeatable); a promote or "
+                                                 "rollback is picked up within a second, without a restart."),
+              registry_db: Optional[str] = typer.Option(None, "--registry-db", help="Registry database "
+                                                        "[default: $DOMAINTUNE_HOME/registry.db]."),
               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
         """Serve runs over HTTP: predict, explain, health, Prometheus metrics; API keys, batching, audit log."""
         from domaintune import cli as base
@@ -48,10 +53,11 @@ def register(app) -> None:
                                  max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
                                  auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root)
         try:
-            base.console.print(f"serving {', '.join(str(r) for r in run_dirs)} on http://{host}:{port} "
-                               f"(docs: /docs, metrics: /metrics)")
-            run_server(run_dirs, host=host, port=port, names=name or None, settings=settings, keys_db=keys_db,
+            base.console.print(f"serving {', '.join([str(r) for r in run_dirs or []] + list(registry))} on "
+                               f"http://{host}:{port} (docs: /docs, metrics: /metrics)")
+            run_server(run_dirs or [], host=host, port=port, names=name or None, settings=settings, keys_db=keys_db,
                        audit_db=audit_db, graceful_seconds=graceful_seconds,
-                       log_level="info" if verbose else "warning", alerts=alerts, alerts_db=alerts_db)
+                       log_level="info" if verbose else "warning", alerts=alerts, alerts_db=alerts_db,
+                       registry=registry, registry_db=registry_db)
         except (*base.USER_ERRORS, ServeError, ValueError) as e:
             base._fail(e)

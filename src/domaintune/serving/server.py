@@ -54,12 +54,16 @@ def model_names(run_dirs: list[Path], names: list[str] | None) -> list[str]:
 
 def build_service(run_dirs: list[str | Path], names: list[str] | None = None, settings: ServeSettings | None = None,
                   keys_db: str | Path | None = None, audit_db: str | Path | None = None, host: str = "127.0.0.1",
-                  alerts: str | Path | None = None, alerts_db: str | Path | None = None):
+                  alerts: str | Path | None = None, alerts_db: str | Path | None = None,
+                  registry: list[str] | None = None, registry_db: str | Path | None = None):
     """(FastAPI app, close function). Loads every model before returning, so /readyz is true from the start.
 
     `alerts`: rules YAML evaluated continuously (`domaintune.monitoring.rules`); alert history in `alerts_db`
-    (default alerts.db beside the first run). Drift gauges are on whether or not rules are given."""
+    (default alerts.db beside the first run). Drift gauges are on whether or not rules are given.
+    `registry`: NAME[@alias] specs served from the model registry and switched on promotion
+    (see domaintune.serving.registry_watch)."""
     from domaintune.monitoring.online import build_monitor
+    from domaintune.serving import registry_watch
     from domaintune.serving.audit import AuditLog
     from domaintune.serving.keys import KeyStore, default_keys_db
 
@@ -70,22 +74,28 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
                              f"the port could call the model; create a key with `domaintune keys create`")
         log.warning("AUTHENTICATION IS DISABLED (--no-auth): every local process can call this service")
     run_dirs = [Path(r) for r in run_dirs]
-    if not run_dirs:
-        raise ServeError("give at least one run directory to serve")
+    if not run_dirs and not registry:
+        raise ServeError("give at least one run directory (or --registry NAME[@alias]) to serve")
     names = model_names(run_dirs, names)
-    if settings.runs_root is None:
+    if settings.runs_root is None and run_dirs:
         settings.runs_root = run_dirs[0].resolve().parent
     keystore = KeyStore(keys_db or default_keys_db()) if settings.auth else None
     if keystore is not None and not [k for k in keystore.list() if k.revoked_at is None]:
         log.warning("no active API keys in %s: every request will get 401; create one with "
                     "`domaintune keys create --name NAME --scope predict`", keys_db or default_keys_db())
-    audit = AuditLog(audit_db or (run_dirs[0].resolve().parent / "audit.db"), pii=settings.pii)
+    home = run_dirs[0].resolve().parent if run_dirs else registry_watch.home(registry_db)
+    audit = AuditLog(audit_db or home / "audit.db", pii=settings.pii)
     metrics = ServiceMetrics()
     slots = {n: ModelSlot(n, r, settings, metrics) for n, r in zip(names, run_dirs)}
+    watcher = None
     try:  # a bad rules file stops startup with every problem listed (RulesError)
+        registry_slots, watcher = registry_watch.attach(registry or [], registry_db, settings, metrics, taken=slots)
+        slots.update(registry_slots)
         monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry, alerts,
-                                alerts_db or (run_dirs[0].resolve().parent / "alerts.db"))
+                                alerts_db or home / "alerts.db")
     except BaseException:
+        if watcher is not None:
+            watcher.stop()
         for s in slots.values():
             s.batcher.close()
         audit.close()
@@ -99,6 +109,8 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
         if closed.is_set():
             return
         closed.set()
+        if watcher is not None:
+            watcher.stop()
         for s in slots.values():
             s.batcher.close()
         monitor.close()
@@ -112,11 +124,13 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
 
 def serve(run_dirs: list[str | Path], host: str = "127.0.0.1", port: int = 8000, names: list[str] | None = None,
           settings: ServeSettings | None = None, keys_db=None, audit_db=None, graceful_seconds: int = 30,
-          log_level: str = "warning", alerts=None, alerts_db=None) -> None:
+          log_level: str = "warning", alerts=None, alerts_db=None, registry: list[str] | None = None,
+          registry_db=None) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads every model."""
     import uvicorn
 
-    app, close = build_service(run_dirs, names, settings, keys_db, audit_db, host, alerts=alerts, alerts_db=alerts_db)
+    app, close = build_service(run_dirs, names, settings, keys_db, audit_db, host, alerts=alerts, alerts_db=alerts_db,
+                               registry=registry, registry_db=registry_db)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_seconds,
                             access_log=False,  # the audit log is the access log, PII-masked; uvicorn's is not
                             limit_concurrency=None, backlog=2048)
