@@ -102,6 +102,7 @@ class ModelSlot:
     def __init__(self, name: str, run_dir: Path, settings: ServeSettings, metrics: ServiceMetrics):
         self.name, self.settings, self.metrics = name, settings, metrics
         self.run_dir, self.predictor, self.version = self._load(run_dir)
+        self.predictor.served_as = (self.version, self.run_dir)  # what a response answered by it reports
         self.batcher = MicroBatcher(self.predictor, name, settings.max_batch, settings.max_wait_ms, settings.max_queue,
                                     on_batch=lambda n, s: metrics.observe_batch(name, n, s))
         metrics.model_info.labels(name, self.version, self.predictor.backend).set(1)
@@ -117,6 +118,7 @@ class ModelSlot:
     def reload(self, run_dir: Path | None = None) -> dict:
         """Load (slow, off the batcher) then swap between two batches: no request is dropped or fails."""
         new_dir, predictor, version = self._load(run_dir or self.run_dir)
+        predictor.served_as = (version, new_dir)
         old = self.version
         self.batcher.swap(predictor)
         self.metrics.model_info.remove(self.name, old, self.predictor.backend)
@@ -299,9 +301,10 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
             raise ApiError(404, f"no model named {name!r}; GET /v1/models lists the served models")
         return slot
 
-    def audit_record(key, slot, endpoint, inputs, output, t0, status):
+    def audit_record(key, slot, endpoint, inputs, output, t0, status, version=None):
         if audit is not None:
-            audit.record(key_name=key.name if key else None, model=slot.name, version=slot.version, endpoint=endpoint,
+            audit.record(key_name=key.name if key else None, model=slot.name, version=version or slot.version,
+                         endpoint=endpoint,
                          inputs=_raw_texts(inputs), output=output, latency_ms=1000 * (time.perf_counter() - t0),
                          status=status)
 
@@ -316,16 +319,18 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         req = parse(PredictRequest, await read_json(request, settings.max_body_bytes))
         inputs, single = predict_inputs(req, settings)
         try:
-            preds = await slot.batcher.submit(inputs, req.top_k)
+            preds, used = await slot.batcher.submit(inputs, req.top_k, with_predictor=True)
         except QueueFull as e:
             audit_record(key, slot, "predict", inputs, None, t0, 503)
             raise ApiError(503, "server busy: the request queue is full; retry later",
                            {"Retry-After": str(max(1, int(e.retry_after + 0.5)))}) from None
-        body = {"model": slot.name, "version": slot.version}
+        # the version of the model that answered, not the slot's: a swap may land between the two
+        version, run_dir = getattr(used, "served_as", (slot.version, slot.run_dir))
+        body = {"model": slot.name, "version": version}
         body.update({"prediction": preds[0]} if single else {"predictions": preds})
-        audit_record(key, slot, "predict", inputs, preds[0] if single else preds, t0, 200)
+        audit_record(key, slot, "predict", inputs, preds[0] if single else preds, t0, 200, version=version)
         if monitor is not None:
-            monitor.observe(slot.name, slot.version, slot.run_dir, inputs, preds)
+            monitor.observe(slot.name, version, run_dir, inputs, preds)
         return JSONResponse(body)
 
     @app.post("/v1/models/{name}/explain", summary="Per-token attributions for one text",

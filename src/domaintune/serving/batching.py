@@ -42,6 +42,7 @@ class _Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     enqueued: float = field(default_factory=time.perf_counter)
+    with_predictor: bool = False
 
 
 class MicroBatcher:
@@ -75,7 +76,9 @@ class MicroBatcher:
         with self._cond:
             self.predictor = predictor
 
-    async def submit(self, inputs: list, top_k: int = 1) -> list[dict]:
+    async def submit(self, inputs: list, top_k: int = 1, with_predictor: bool = False):
+        """Predictions for `inputs`; with `with_predictor`, (predictions, the predictor that made them) - the
+        one way to label a response with the right version while a swap is under way."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._cond:
@@ -83,7 +86,7 @@ class MicroBatcher:
                 raise QueueFull(1.0)
             if self._queued + len(inputs) > self.max_queue:
                 raise QueueFull(max(1.0, round(self._queued * self._seconds_per_text, 1)))
-            self._jobs.append(_Job(list(inputs), top_k, fut, loop))
+            self._jobs.append(_Job(list(inputs), top_k, fut, loop, with_predictor=with_predictor))
             self._queued += len(inputs)
             self._cond.notify()
         return await fut
@@ -128,7 +131,7 @@ class MicroBatcher:
                     i += len(j.inputs)
                     if j.top_k < k:
                         out = [_cut_top_k(p, j.top_k) for p in out]
-                    j.loop.call_soon_threadsafe(_resolve, j.future, out, None)
+                    j.loop.call_soon_threadsafe(_resolve, j.future, (out, predictor) if j.with_predictor else out, None)
             except Exception as e:  # one bad batch must fail its requests, not the worker
                 log.exception("batch of %d requests failed on model %s", len(jobs), self.name)
                 for j in jobs:
