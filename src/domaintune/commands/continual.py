@@ -25,7 +25,7 @@ def register(app) -> None:
                   mode: str = typer.Option("auto", "--mode", help="auto: new labels add classes; domain: new labels are "
                                            "an error; class: the data must bring new labels."),
                   replay_size: int = typer.Option(1000, "--replay-size", help="Replay buffer rows over all classes."),
-                  ewc_lambda: float = typer.Option(5000.0, "--ewc-lambda", help="Weight of the EWC penalty."),
+                  ewc_lambda: float = typer.Option(100.0, "--ewc-lambda", help="Weight of the EWC penalty."),
                   ewc_samples: int = typer.Option(512, "--ewc-samples", help="Rows per stage for the Fisher estimate."),
                   lwf_alpha: float = typer.Option(1.0, "--lwf-alpha", help="Weight of the LwF distillation term."),
                   lwf_temperature: float = typer.Option(2.0, "--lwf-temperature", help="LwF softmax temperature."),

@@ -25,7 +25,7 @@ class ContinualOptions:
     """Settings of every strategy (CLI: --replay-size, --ewc-lambda, --lwf-alpha, --lwf-temperature)."""
 
     replay_size: int = 1000          # rows kept over all classes of all earlier stages
-    ewc_lambda: float = 5000.0       # weight of the EWC penalty (sum of Fisher * squared parameter change)
+    ewc_lambda: float = 100.0        # weight of the EWC penalty (sum of Fisher * squared parameter change)
     ewc_samples: int = 512           # rows used to estimate the diagonal Fisher of one stage
     lwf_alpha: float = 1.0           # weight of the distillation term
     lwf_temperature: float = 2.0     # softmax temperature of the distillation

@@ -6,6 +6,12 @@ the previous run's model and F the diagonal (empirical) Fisher information,
 estimated as the mean squared gradient of the cross-entropy over mini-batches
 of up to `ewc_samples` training rows of each earlier stage (mini-batches of 8:
 per-example gradients would cost 8x the passes for little change in ranking).
+Each stage's Fisher is divided by its mean over all weights before use: a model
+that fits its training data well has tiny gradients there (on the demo tickets
+the raw values sum to ~6 over 22M weights, so the raw penalty was ~1e-7 and any
+usable lambda depended on how well the last stage fit). Normalised, lambda
+means the same on every data set: the penalty is lambda/2 times the
+Fisher-weighted squared drift, where an average weight has Fisher 1.
 Stages add up: after stage k the run stores F_0 + ... + F_k, so the next stage
 protects all of them with one tensor per weight.
 
@@ -33,8 +39,9 @@ FISHER_FILE = "fisher.safetensors"
 
 
 def fisher_diagonal(model: torch.nn.Module, features: list[dict], collate, pad_id: int, max_examples: int = 512,
-                    batch_size: int = 8, seed: int = 42) -> dict[str, torch.Tensor]:
-    """Mean squared mini-batch gradient of the loss per parameter (dropout off), over a seeded sample of rows."""
+                    batch_size: int = 8, seed: int = 42, normalize: bool = True) -> dict[str, torch.Tensor]:
+    """Mean squared mini-batch gradient of the loss per parameter (dropout off), over a seeded sample of rows;
+    with `normalize`, divided by its mean over all weights (see the module docstring)."""
     if not features:
         raise ValueError("cannot estimate the Fisher information from an empty training set")
     g = torch.Generator().manual_seed(seed)
@@ -61,7 +68,9 @@ def fisher_diagonal(model: torch.nn.Module, features: list[dict], collate, pad_i
     for n, p in params.items():
         p.requires_grad_(flags[n])
     model.train(was_training)
-    return {n: (f / batches).contiguous() for n, f in fisher.items()}
+    mean = sum(float(f.sum()) for f in fisher.values()) / max(sum(f.numel() for f in fisher.values()), 1)
+    scale = 1.0 / mean if normalize and mean > 0 else 1.0 / batches
+    return {n: (f * scale).contiguous() for n, f in fisher.items()}
 
 
 def add_fisher(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -131,7 +140,7 @@ class EWC(Strategy):
         total = add_fisher(self.fisher, new)
         covers = [*self.covers, ctx.stage]
         save_fisher(ctx.state_dir / "ewc", total, {"stages": covers, "samples_per_stage": self.options.ewc_samples,
-                                                    "estimator": "empirical Fisher, mean squared mini-batch gradient"})
+                                                    "estimator": "empirical Fisher, mean squared mini-batch gradient, each stage normalised to mean 1"})
         return {"fisher_stages": covers}
 
     def settings(self) -> dict:

@@ -158,8 +158,14 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
                              f"this run is task {prev_cfg.task!r}" + (" with out-of-scope rows" if prev_cfg.data.oos_label else ""))
     old_labels = list(LabelMap.load(prev / "labels.json").labels)
 
-    sets = [f"data.train={data}", "data.dev=null", "data.test=null", f"output_dir={out}", f"model={(prev / 'model').resolve()}",
-            "method=full", "baseline=false", "train.head_init=random", "data.k_shot=null", *(overrides or [])]
+    forced = [f"data.train={data}", f"output_dir={out}", f"model={(prev / 'model').resolve()}", "method=full"]
+    user_keys = {o.split("=", 1)[0].strip() for o in overrides or []}
+    clash = user_keys & {"data.train", "output_dir", "model", "method"}
+    if clash:
+        raise ContinualError(f"--set {', '.join(sorted(clash))}: set by `continue` itself (the stage starts from "
+                             f"RUN_DIR's model with full fine-tuning; use --data and -o for the data and the output)")
+    sets = ["data.dev=null", "data.test=null", "baseline=false", "train.head_init=random", "data.k_shot=null",
+            *(overrides or []), *forced]
     cfg = load_config(prev / "config.yaml", sets)
     strategies = make_strategies(strategy, options)
     if robust_active(cfg.robust) and any(s.name in ("ewc", "lwf") for s in strategies):
