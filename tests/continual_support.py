@@ -35,10 +35,11 @@ def write_stages(folder: Path) -> tuple[Path, Path]:
     return a, b
 
 
-def stage_config(folder: Path, train: Path, out: Path, **train_settings) -> Path:
+def stage_config(folder: Path, train: Path, out: Path, test_fraction: float = 0.2, **train_settings) -> Path:
     settings = {"batch_size": 16, "lr": 1e-4, "max_length": 32, "epochs": 2, "log_every": 5, "num_threads": 1,
                 **train_settings}
-    lines = ["model: minilm-l6", f"output_dir: {out}", "baseline: false", "data:", f"  train: {train}", "train:"]
+    lines = ["model: minilm-l6", f"output_dir: {out}", "baseline: false", "data:", f"  train: {train}",
+             f"  test_fraction: {test_fraction}", "train:"]
     lines += [f"  {k}: {v}" for k, v in settings.items()]
     p = folder / f"{out.name}.yaml"
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
