@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving clean help
+.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving bench-continual clean help
 
 help:
 	@echo "make demo   - bootstrap .venv and fine-tune the built-in demo"
@@ -65,6 +65,11 @@ bench-methods: $(BENCH_STAMP)
 # bench/configs/banking77.yaml --set output_dir=runs/b77_full_s4)
 bench-serving: $(BENCH_STAMP)
 	$(PY) bench/serving.py
+
+# continual learning: naive vs replay vs ewc vs lwf vs joint; banking77 class-incremental (4 stages), then
+# chnsenticorp -> waimai_10k domain-incremental; results in bench/results/continual.md (bench/continual.py --help)
+bench-continual: $(STAMP)
+	nice -n 19 $(PY) bench/continual.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 DATA = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "bench" / "results"
-STRATEGIES = ("naive", "replay", "ewc", "lwf")
+STRATEGIES = ("naive", "replay", "joint", "ewc", "lwf")
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -117,36 +117,43 @@ def run_sequence(stages: list[dict], out: Path, sets: list[str], args, results: 
         cfg = load_config(None, [*sets, f"data.train={stages[0]['train']}", f"data.test={stages[0]['test']}",
                                  f"output_dir={s0}"])
         train_run(cfg, overwrite=True)
-    opts = ContinualOptions(replay_size=args.replay_size, ewc_lambda=args.ewc_lambda)
+    opts = ContinualOptions(replay_size=args.replay_size, ewc_lambda=args.ewc_lambda, ewc_samples=args.ewc_samples)
     for strategy in args.strategies.split(","):
         if results[key]["arms"].get(strategy, {}).get("done"):
             continue
-        t0, prev, res = time.perf_counter(), s0, None
-        for k, st in enumerate(stages[1:], 1):
-            dst = out / f"{strategy}-stage{k}"
-            res = continue_run(prev, st["train"], dst, strategy=strategy, options=opts, name=st["name"],
-                               overrides=[*[x for x in sets if not x.startswith("model=")], f"data.test={st['test']}"], overwrite=True, max_forgetting=args.gate)
-            prev = dst
-        results[key]["arms"][strategy] = {"done": True, "matrix": res["matrix"], "names": res["names"], **res["summary"],
-                                          "promotable_final_stage": res["gate"]["promotable"],
-                                          "seconds": round(time.perf_counter() - t0, 1)}
-        save()
-    if args.joint and not results[key]["arms"].get("joint", {}).get("done"):
         t0 = time.perf_counter()
-        union = []
-        for st in stages:
-            union += read_csv(Path(st["train"]), "text", "label")
-        random.Random(0).shuffle(union)
-        jt = write_csv(out / "joint_train.csv", union)
-        cfg = load_config(None, [*sets, f"data.train={jt}", f"data.test={stages[0]['test']}", f"output_dir={out / 'joint'}"])
-        train_run(cfg, overwrite=True)
-        from domaintune.evaluate import evaluate_run
-        from domaintune.data import ReadOptions
-
-        accs = [evaluate_run(out / "joint", Path(st["test"]), ReadOptions())["accuracy"] for st in stages]
-        results[key]["arms"]["joint"] = {"done": True, "final_row": accs, "average_accuracy": 100 * sum(accs) / len(accs),
-                                         "seconds": round(time.perf_counter() - t0, 1)}
+        if strategy == "joint":
+            results[key]["arms"]["joint"] = joint_arm(stages, out, sets)
+        else:
+            prev, res = s0, None
+            for k, st in enumerate(stages[1:], 1):
+                dst = out / f"{strategy}-stage{k}"
+                res = continue_run(prev, st["train"], dst, strategy=strategy, options=opts, name=st["name"],
+                                   overrides=[*[x for x in sets if not x.startswith("model=")], f"data.test={st['test']}"],
+                                   overwrite=True, max_forgetting=args.gate)
+                prev = dst
+            results[key]["arms"][strategy] = {"matrix": res["matrix"], "names": res["names"], **res["summary"],
+                                              "promotable_final_stage": res["gate"]["promotable"]}
+        results[key]["arms"][strategy].update(done=True, seconds=round(time.perf_counter() - t0, 1))
         save()
+
+
+def joint_arm(stages: list[dict], out: Path, sets: list[str]) -> dict:
+    """The upper bound: one model trained on every stage's training rows at once, scored on each stage's test set."""
+    from domaintune.config import load_config
+    from domaintune.data import ReadOptions
+    from domaintune.evaluate import evaluate_run
+    from domaintune.run import train_run
+
+    union = []
+    for st in stages:
+        union += read_csv(Path(st["train"]), "text", "label")
+    random.Random(0).shuffle(union)
+    jt = write_csv(out / "joint_train.csv", union)
+    cfg = load_config(None, [*sets, f"data.train={jt}", f"data.test={stages[0]['test']}", f"output_dir={out / 'joint'}"])
+    train_run(cfg, overwrite=True)
+    accs = [evaluate_run(out / "joint", Path(st["test"]), ReadOptions())["accuracy"] for st in stages]
+    return {"final_row": accs, "average_accuracy": 100 * sum(accs) / len(accs)}
 
 
 def fmt(v) -> str:
@@ -207,9 +214,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--replay-size", type=int, default=1000)
     ap.add_argument("--ewc-lambda", type=float, default=100.0)
+    ap.add_argument("--ewc-samples", type=int, default=512)
     ap.add_argument("--gate", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--no-joint", dest="joint", action="store_false")
     ap.add_argument("--work", type=Path, default=Path("/tmp/domaintune-bench-continual"))
     ap.add_argument("--results", type=Path, default=RESULTS / "continual")
     args = ap.parse_args()
