@@ -158,6 +158,8 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
                              f"this run is task {prev_cfg.task!r}" + (" with out-of-scope rows" if prev_cfg.data.oos_label else ""))
     old_labels = list(LabelMap.load(prev / "labels.json").labels)
 
+    path, _, split = str(data).partition("#")   # absolute, so a later stage can re-read it from any directory
+    data = str(Path(path).resolve()) + (f"#{split}" if split else "")
     forced = [f"data.train={data}", f"output_dir={out}", f"model={(prev / 'model').resolve()}", "method=full"]
     user_keys = {o.split("=", 1)[0].strip() for o in overrides or []}
     clash = user_keys & {"data.train", "output_dir", "model", "method"}
@@ -240,6 +242,13 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
                                                                weights_only=True).eval()
     for s in strategies:
         record.update(s.finish(model, ctx))
+    if "replay" not in record["strategy"].split("+") and (prev / STATE / "replay" / "meta.json").is_file():
+        # a stage without replay still carries the buffer forward, so a later replay stage has every stage in it
+        from domaintune.continual.replay import ReplayBuffer
+
+        buffer = ReplayBuffer.load(prev / STATE / "replay", capacity=options.replay_size)
+        buffer.add(splits.train, stage=k)
+        buffer.save(out / STATE / "replay")
     raw = _rows_bytes(splits.test)
     record["test_file"] = f"{STATE}/tests/stage-{k}.jsonl"
     record["test_sha256"] = hashlib.sha256(raw).hexdigest()
