@@ -162,13 +162,12 @@ def fmt(v) -> str:
 
 def markdown(results: dict, args) -> str:
     out = ["# Continual learning: naive vs replay vs ewc vs lwf vs joint", "",
-           f"`{' '.join(sys.argv)}` — as measured on a shared 2-core CPU (nice 19); figures are exactly what the run "
-           "wrote to `continual.json`. Accuracy in %, forgetting and backward transfer (BWT) in points.", "",
-           f"Settings: replay buffer {args.replay_size} rows over all classes (per-class reservoir), ewc lambda "
-           f"{args.ewc_lambda:g}, lwf alpha 1.0 / T 2.0, lr 1e-4, batch 32; no hyper-parameter was tuned on test numbers "
-           "(defaults chosen before the run).", ""]
+           "As measured on a shared 2-core CPU (nice 19, other jobs running); figures are exactly what the run wrote "
+           "to `continual.json`. Accuracy in %, forgetting and backward transfer (BWT) in points. No hyper-parameter "
+           "was tuned on test numbers: the settings below were fixed before the run.", ""]
     for key, r in results.items():
-        out += [f"## {r['title']}", "", r["setup"], ""]
+        out += [f"## {r['title']}", "", r["setup"], "", f"Command: `{r.get('command', '?')}`", "",
+                f"Settings: {r.get('settings', '?')}", ""]
         arms = r["arms"]
         seeds = sorted({s for a in arms.values() for s in a.get("seeds", [])})
         out += ["| strategy | final average accuracy | average forgetting | BWT | final row (per stage) | seconds |",
@@ -217,6 +216,7 @@ def main() -> None:
     ap.add_argument("--ewc-samples", type=int, default=512)
     ap.add_argument("--gate", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true", help="only rewrite continual.md from continual.json")
     ap.add_argument("--work", type=Path, default=Path("/tmp/domaintune-bench-continual"))
     ap.add_argument("--results", type=Path, default=RESULTS / "continual")
     args = ap.parse_args()
@@ -233,6 +233,9 @@ def main() -> None:
         atomic_write_json(path_json, results)
         atomic_write_text(args.results.with_suffix(".md"), markdown(results, args))
 
+    if args.report_only:   # re-render continual.md from continual.json (no training)
+        save()
+        return
     jobs = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         if args.only in (None, "banking77"):
@@ -247,8 +250,9 @@ def main() -> None:
             sets = base_sets("minilm-l6", 64, args.epochs, seed, args.threads)
             title = f"banking77, class-incremental, 4 stages, seed {seed}"
             setup = (f"Intents in a seeded order, stages of {', '.join(str(s['classes']) for s in stages)} intents; train "
-                     f"{args.per_class} rows per intent (10 % of it split off as dev), test = all banking77 test rows of "
-                     f"the stage's intents; minilm-l6, max_length 64, {args.epochs:g} epochs per stage.")
+                     f"{args.per_class} rows per intent (10 % of it split off as dev), test = "
+                     + (f"{args.test_per_class} seeded banking77 test rows per intent" if args.test_per_class else "all banking77 test rows")
+                     + f" of the stage's intents; minilm-l6, max_length 64, {args.epochs:g} epochs per stage.")
         else:
             stages = zh_stages(work / "data", seed, args.zh_rows, args.zh_test_rows)
             sets = base_sets("m3e-small", 128, args.epochs, seed, args.threads)
@@ -257,6 +261,11 @@ def main() -> None:
                      f"waimai_10k split 80/20 (seeded), {args.zh_rows} train rows, {args.zh_test_rows} test rows; "
                      f"m3e-small, max_length 128, {args.epochs:g} epochs per stage.")
         results.setdefault(key, {"title": title, "setup": setup, "arms": {}})
+        results[key]["command"] = " ".join(["python", *sys.argv])
+        results[key]["settings"] = (f"replay buffer {args.replay_size} rows over all classes (per-class reservoir), "
+                                    f"ewc lambda {args.ewc_lambda:g} on a mean-normalised Fisher from {args.ewc_samples} "
+                                    f"rows per stage, lwf alpha 1.0 / T 2.0, lr 1e-4, batch 32, {args.epochs:g} epochs "
+                                    f"per stage, {args.threads} thread(s), seed(s) {args.seeds}")
         run_sequence(stages, work / "runs", sets, args, results, key, save)
         save()
 
