@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 DATA = REPO.parent / "shared" / "datasets"
 RESULTS = REPO / "bench" / "results"
-STRATEGIES = ("naive", "replay", "joint", "ewc", "lwf")
+STRATEGIES = ("naive", "replay", "joint", "ewc", "lwf", "joint_long")
 
 
 def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
@@ -122,8 +122,11 @@ def run_sequence(stages: list[dict], out: Path, sets: list[str], args, results: 
         if results[key]["arms"].get(strategy, {}).get("done"):
             continue
         t0 = time.perf_counter()
-        if strategy == "joint":
-            results[key]["arms"]["joint"] = joint_arm(stages, out, sets)
+        if strategy in ("joint", "joint_long"):
+            # joint_long: as many epochs as the stages had together, so joint is not simply under-trained
+            epochs = args.epochs * (len(stages) if strategy == "joint_long" else 1)
+            results[key]["arms"][strategy] = joint_arm(stages, out / strategy, [*sets, f"train.epochs={epochs}"])
+            results[key]["arms"][strategy]["epochs"] = epochs
         else:
             prev, res = s0, None
             for k, st in enumerate(stages[1:], 1):
@@ -149,10 +152,10 @@ def joint_arm(stages: list[dict], out: Path, sets: list[str]) -> dict:
     for st in stages:
         union += read_csv(Path(st["train"]), "text", "label")
     random.Random(0).shuffle(union)
-    jt = write_csv(out / "joint_train.csv", union)
-    cfg = load_config(None, [*sets, f"data.train={jt}", f"data.test={stages[0]['test']}", f"output_dir={out / 'joint'}"])
+    jt = write_csv(out.parent / "joint_train.csv", union)
+    cfg = load_config(None, [*sets, f"data.train={jt}", f"data.test={stages[0]['test']}", f"output_dir={out}"])
     train_run(cfg, overwrite=True)
-    accs = [evaluate_run(out / "joint", Path(st["test"]), ReadOptions())["accuracy"] for st in stages]
+    accs = [evaluate_run(out, Path(st["test"]), ReadOptions())["accuracy"] for st in stages]
     return {"final_row": accs, "average_accuracy": 100 * sum(accs) / len(accs)}
 
 
@@ -173,29 +176,31 @@ def markdown(results: dict, args) -> str:
         out += ["| strategy | final average accuracy | average forgetting | BWT | final row (per stage) | seconds |",
                 "|---|---|---|---|---|---|"]
         for name, a in arms.items():
-            if name == "joint":
-                out.append(f"| joint (upper bound) | {fmt(a['average_accuracy'])} | – | – | "
+            if name.startswith("joint"):
+                out.append(f"| {name} (upper bound, {a.get('epochs', '')} epochs) | {fmt(a['average_accuracy'])} | – | – | "
                            f"{', '.join(f'{100 * v:.1f}' for v in a['final_row'])} | {a['seconds']} |")
             elif a.get("done"):
                 out.append(f"| {name} | {fmt(a['average_accuracy'])} | {fmt(a['average_forgetting'])} | "
                            f"{fmt(a['backward_transfer'])} | {', '.join(f'{100 * v:.1f}' for v in a['matrix'][-1])} | "
                            f"{a['seconds']} |")
         for name, a in arms.items():
-            if name != "joint" and a.get("done"):
+            if not name.startswith("joint") and a.get("done"):
                 out += ["", f"Accuracy matrix, {name} (row: after stage i; column: test set of stage j):", ""]
                 n = len(a["matrix"])
                 out.append("| after \\ test | " + " | ".join(a["names"]) + " |")
                 out.append("|---|" + "---|" * n)
                 for i, row in enumerate(a["matrix"]):
                     out.append(f"| {a['names'][i]} | " + " | ".join(f"{100 * v:.1f}" for v in row) + " |")
-        naive, replay, joint = arms.get("naive"), arms.get("replay"), arms.get("joint")
+        naive, replay = arms.get("naive"), arms.get("replay")
+        joints = [a for n, a in arms.items() if n.startswith("joint")]
+        joint = max(joints, key=lambda a: a["average_accuracy"]) if joints else None
         if naive and replay and naive.get("average_forgetting"):
             cut = 100 * (1 - replay["average_forgetting"] / naive["average_forgetting"])
             out += ["", f"Acceptance: replay cuts average forgetting by {cut:.1f} % vs naive (target >= 50 %): "
                         f"{'met' if cut >= 50 else 'MISSED'}."]
             if joint:
                 gap = joint["average_accuracy"] - replay["average_accuracy"]
-                out.append(f"Replay's final average accuracy is {gap:.2f} points below joint (target <= 5): "
+                out.append(f"Replay's final average accuracy is {gap:.2f} points below the best joint run (target <= 5): "
                            f"{'met' if gap <= 5 else 'MISSED'}.")
         out.append("")
     return "\n".join(out) + "\n"
