@@ -163,11 +163,37 @@ def fmt(v) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
+def seed_summary(results: dict) -> list[str]:
+    """Mean ± std over the seeds that finished, per data set and strategy (only where 2+ seeds ran)."""
+    by: dict[str, dict[str, list[dict]]] = {}
+    for key, r in results.items():
+        dataset = key.rsplit("-seed", 1)[0]
+        for name, a in r["arms"].items():
+            if a.get("done"):
+                by.setdefault(dataset, {}).setdefault(name, []).append(a)
+    out = []
+    for dataset, arms in by.items():
+        n = max(len(v) for v in arms.values())
+        if n < 2:
+            continue
+        out += [f"## {dataset}: mean ± std over seeds", "",
+                "| strategy | seeds | final average accuracy | average forgetting |", "|---|---|---|---|"]
+        for name, runs in arms.items():
+            acc = [a["average_accuracy"] for a in runs]
+            fg = [a["average_forgetting"] for a in runs if a.get("average_forgetting") is not None]
+            sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+            out.append(f"| {name} | {len(runs)} | {statistics.mean(acc):.2f} ± {sd(acc):.2f} | "
+                       + (f"{statistics.mean(fg):.2f} ± {sd(fg):.2f}" if fg else "–") + " |")
+        out.append("")
+    return out
+
+
 def markdown(results: dict, args) -> str:
     out = ["# Continual learning: naive vs replay vs ewc vs lwf vs joint", "",
            "As measured on a shared 2-core CPU (nice 19, other jobs running); figures are exactly what the run wrote "
            "to `continual.json`. Accuracy in %, forgetting and backward transfer (BWT) in points. No hyper-parameter "
            "was tuned on test numbers: the settings below were fixed before the run.", ""]
+    out += seed_summary(results)
     for key, r in results.items():
         out += [f"## {r['title']}", "", r["setup"], "", f"Command: `{r.get('command', '?')}`", "",
                 f"Settings: {r.get('settings', '?')}", ""]
