@@ -196,7 +196,7 @@ def markdown(results: dict, args) -> str:
     out += seed_summary(results)
     for key, r in results.items():
         out += [f"## {r['title']}", "", r["setup"], "", f"Command: `{r.get('command', '?')}`", "",
-                f"Settings: {r.get('settings', '?')}", ""]
+                f"Settings: {r.get('settings', '?')}", ""] + ([f"Note: {r['note']}", ""] if r.get("note") else [])
         arms = r["arms"]
         seeds = sorted({s for a in arms.values() for s in a.get("seeds", [])})
         out += ["| strategy | final average accuracy | average forgetting | BWT | final row (per stage) | seconds |",
