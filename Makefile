@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving bench-monitoring clean help
+.PHONY: demo test bench bench-banking77 bench-chnsenticorp bench-tasks bench-methods bench-serving bench-monitoring bench-continual clean help
 
 help:
 	@echo "make demo   - bootstrap .venv and fine-tune the built-in demo"
@@ -70,6 +70,11 @@ bench-serving: $(BENCH_STAMP)
 # exists, replays 10,000 stationary + 1,000 shifted messages through the monitor and alert engine
 bench-monitoring: $(STAMP)
 	$(PY) bench/monitoring.py
+
+# continual learning: naive vs replay vs ewc vs lwf vs joint; banking77 class-incremental (4 stages), then
+# chnsenticorp -> waimai_10k domain-incremental; results in bench/results/continual.md (bench/continual.py --help)
+bench-continual: $(STAMP)
+	$(PY) bench/continual.py
 
 clean:
 	rm -rf $(VENV) runs

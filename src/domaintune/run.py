@@ -59,14 +59,16 @@ def _check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
 
 
 def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, splits: Splits | None = None,
-              on_evaluate=None, method=None) -> dict:
+              on_evaluate=None, method=None, task=None) -> dict:
     """Train, evaluate and write a complete run directory; return metrics.json's content.
 
     `on_evaluate(step, dev_metrics)` is called after each dev evaluation during training
     (hyper-parameter search reports intermediate scores and prunes through it). `method`: a Method
-    instance to use instead of the registry's `cfg.method` (pruning's distillation passes its own)."""
+    instance to use instead of the registry's `cfg.method` (pruning's distillation passes its own);
+    `task`: likewise a Task instance (continual learning passes one whose label space extends the
+    previous run's without renumbering it)."""
     t_total = time.perf_counter()
-    task, method = get_task(cfg.task), (method or get_method(cfg.method))
+    task, method = (task or get_task(cfg.task)), (method or get_method(cfg.method))
     task.configure(cfg)
     method.configure(cfg)
     if splits is None:

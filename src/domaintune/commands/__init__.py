@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 
-COMMAND_MODULES: list[str] = ["domaintune.commands.tune", "domaintune.commands.compare", "domaintune.commands.models_prepare", "domaintune.commands.pretrain", "domaintune.commands.ensemble", "domaintune.commands.merge", "domaintune.commands.export", "domaintune.commands.keys", "domaintune.commands.serve", "domaintune.commands.explain", "domaintune.commands.monitor", "domaintune.commands.registry"]
+COMMAND_MODULES: list[str] = ["domaintune.commands.tune", "domaintune.commands.compare", "domaintune.commands.models_prepare", "domaintune.commands.pretrain", "domaintune.commands.ensemble", "domaintune.commands.merge", "domaintune.commands.export", "domaintune.commands.keys", "domaintune.commands.serve", "domaintune.commands.explain", "domaintune.commands.monitor", "domaintune.commands.registry", "domaintune.commands.continual"]
 
 
 def register_all(app) -> None:

@@ -121,6 +121,9 @@ class Trainer:
         self.has_dev = has_dev
         self.robust = robust  # RobustSection (adversarial training, R-Drop) or None
         self.on_step = getattr(method, "on_step", None)  # method hook after each optimizer step
+        # method hook: extra_loss(model, batch, outputs) -> tensor added to the task loss (continual
+        # learning's EWC penalty and LwF distillation); not applied inside robust steps.
+        self.extra_loss = getattr(method, "extra_loss", None)
         self.on_evaluate = on_evaluate  # callback(step, metrics) after each dev evaluation (tune: pruning)
         self.ckpt = CheckpointManager(self.run_dir)
 
@@ -180,7 +183,10 @@ class Trainer:
                             window_loss += robust_step(batch, len(b) / n_group, bf16)
                             continue
                         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                            loss = self.model(**batch).loss
+                            outputs = self.model(**batch)
+                            loss = outputs.loss
+                            if self.extra_loss is not None:
+                                loss = loss + self.extra_loss(self.model, batch, outputs)
                         # Weight by batch size so a short last batch counts as much as its examples.
                         (loss * (len(b) / n_group)).backward()
                         window_loss += loss.item() * len(b) / n_group
