@@ -268,11 +268,9 @@ def main() -> None:
         save()
         return
     jobs = []
-    for seed in [int(s) for s in args.seeds.split(",")]:
-        if args.only in (None, "banking77"):
-            jobs.append(("banking77", seed))
-    if args.only in (None, "zh"):
-        jobs.append(("zh", int(args.seeds.split(",")[0])))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    jobs += [("banking77", seed) for seed in seeds if args.only in (None, "banking77")]
+    jobs += [("zh", seed) for seed in seeds if args.only in (None, "zh")]
     for dataset, seed in jobs:
         key = f"{dataset}-seed{seed}"
         work = args.work / key
