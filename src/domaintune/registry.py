@@ -26,7 +26,6 @@ directory is which version; the run directory stays the artefact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -48,7 +47,9 @@ class RegistryError(ValueError):
 
 def default_registry_db() -> Path:
     """$DOMAINTUNE_HOME/registry.db (default ~/.domaintune), beside the API key store."""
-    return Path(os.environ.get("DOMAINTUNE_HOME", "~/.domaintune")).expanduser() / "registry.db"
+    from domaintune.serving.keys import state_home
+
+    return state_home() / "registry.db"
 
 
 def registry_uri(db: str | Path | None = None) -> str:
@@ -79,14 +80,6 @@ class Version:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_gate(run_dir: Path) -> dict | None:
@@ -133,6 +126,8 @@ def data_hashes(run_dir: Path, config: dict) -> dict:
     Relative paths were relative to the directory training ran in, which is not
     recorded; they are looked up from the current directory and the run's parent,
     and a file not found is recorded as such instead of failing the registration."""
+    from domaintune.training.checkpoint import sha256_file  # lazy: checkpoint pulls in torch
+
     out = {}
     data = config.get("data") or {}
     for split in ("train", "dev", "test", "faq"):
@@ -145,7 +140,7 @@ def data_hashes(run_dir: Path, config: dict) -> dict:
         if found is None:
             out[split] = {"path": raw, "sha256": None, "error": "file not found when registering"}
         else:
-            out[split] = {"path": str(found.resolve()), "sha256": _sha256(found), "bytes": found.stat().st_size}
+            out[split] = {"path": str(found.resolve()), "sha256": sha256_file(found), "bytes": found.stat().st_size}
     return out
 
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from domaintune.data.readers import Problem, ReadOptions, detect_format, read_examples
 from domaintune.data.splits import MAX_LISTED, DataError
-from domaintune.training.checkpoint import atomic_dir
+from domaintune.training.checkpoint import atomic_dir, sha256_file
 
 log = logging.getLogger("domaintune")
 
@@ -90,13 +90,6 @@ class FaqEntry:
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- reading ----------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from domaintune.continual.method import ContinualClassification, ContinualMethod
 from domaintune.continual.metrics import gate as gate_of
 from domaintune.continual.metrics import summarize
 from domaintune.data import DataError, Example, LabelMap, Problem, prepare_data
-from domaintune.training.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text
+from domaintune.training.checkpoint import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
 
 log = logging.getLogger("domaintune")
 STATE = "continual"
@@ -38,11 +38,7 @@ def sha256_of(path: str | Path) -> str | None:
     p = Path(str(path).split("#", 1)[0])
     if not p.is_file():
         return None
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(p)
 
 
 def _rows_bytes(examples: list[Example]) -> bytes:

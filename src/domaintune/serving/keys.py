@@ -61,8 +61,13 @@ class KeyStoreError(ValueError):
     """A user mistake (bad name, unknown key, ...); the message says how to fix it."""
 
 
+def state_home() -> Path:
+    """$DOMAINTUNE_HOME (default ~/.domaintune): where the key store and the model registry live."""
+    return Path(os.environ.get("DOMAINTUNE_HOME", "~/.domaintune")).expanduser()
+
+
 def default_keys_db() -> Path:
-    return Path(os.environ.get("DOMAINTUNE_HOME", "~/.domaintune")).expanduser() / "keys.db"
+    return state_home() / "keys.db"
 
 
 def _utcnow() -> datetime:

@@ -57,6 +57,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (data files and weights can be large)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
