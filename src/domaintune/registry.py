@@ -17,6 +17,10 @@ migrations (alembic), and the same file opens in the MLflow UI or client for
 teams that already use it. What it lacks we keep in its tags: lineage as
 `domaintune.*` version tags, and the alias history (MLflow keeps only the
 current target of an alias) as a JSON stack per alias on the registered model.
+Alias changes read, then rewrite, that history: for a SQLite registry they
+hold a file lock (`registry.db.lock`), so two `promote`s from two processes
+cannot drop each other's history entry. (A server database shared between
+machines has no such lock: run promotions from one place.)
 `mlflow-skinny` imports in about a second, pulls no torch/CUDA and changes no
 pinned package; MLflow's usage telemetry is switched off here (offline boxes).
 
@@ -31,6 +35,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -180,6 +185,22 @@ class Registry:
             msg = e.message if isinstance(e, MlflowException) else f"{type(e).__name__}: {e}"
             raise RegistryError(f"cannot open the registry at {self.where}: {msg}; check the path or "
                                 f"--registry-db URL") from None
+
+    @contextmanager
+    def _alias_lock(self):
+        """Serialise alias read-modify-write between processes sharing a SQLite registry file."""
+        if not self.uri.startswith("sqlite:///"):
+            yield
+            return
+        from filelock import FileLock, Timeout
+
+        path = self.uri[len("sqlite:///"):] + ".lock"
+        try:
+            with FileLock(path, timeout=60):
+                yield
+        except Timeout:
+            raise RegistryError(f"another process has held {path} for 60 s; if none is running "
+                                f"(a crashed promote), delete that file and retry") from None
 
     # ---- reading -----------------------------------------------------------------------------------------------
 
@@ -362,19 +383,24 @@ class Registry:
         gate = read_gate(run) if run.is_dir() else v.gate
         if gate is not None and not gate["promotable"] and not force:
             raise RegistryError(_gate_refusal(run, gate, "promote another version, or pass --force to override"))
-        previous = self.alias_version(name, alias)
-        model = self._model(name)
-        stack = self._json_tag(model, f"alias_stack.{alias}")
-        if not stack or stack[-1] != v.version:
-            stack.append(v.version)
-        self._set_alias(name, alias, v.version, stack, "promote" + (" (forced past the gate)" if
-                                                                    gate and not gate["promotable"] else ""),
-                        previous, model)
+        with self._alias_lock():
+            previous = self.alias_version(name, alias)
+            model = self._model(name)
+            stack = self._json_tag(model, f"alias_stack.{alias}")
+            if not stack or stack[-1] != v.version:
+                stack.append(v.version)
+            self._set_alias(name, alias, v.version, stack, "promote" + (" (forced past the gate)" if
+                                                                        gate and not gate["promotable"] else ""),
+                            previous, model)
         return {"model": name, "alias": alias, "version": v.version, "previous": previous, "run_dir": v.run_dir}
 
     def rollback(self, name: str, alias: str = DEFAULT_ALIAS) -> dict:
         """Point ALIAS back at the version promoted before the current one."""
         _check_alias(alias)
+        with self._alias_lock():
+            return self._rollback_locked(name, alias)
+
+    def _rollback_locked(self, name: str, alias: str) -> dict:
         model = self._model(name)
         current = self.alias_version(name, alias)
         stack = self._json_tag(model, f"alias_stack.{alias}")

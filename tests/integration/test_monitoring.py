@@ -222,6 +222,14 @@ def test_service_refuses_a_rule_on_a_label_the_model_lacks(trained_run, tmp_path
         start(trained_run, tmp_path, p)
 
 
+def test_service_reports_a_broken_rules_file_before_loading_any_model(tmp_path):
+    p = tmp_path / "rules.yaml"
+    p.write_text("rules:\n  - name: 负面激增\n    when: share(label == \"负面\") > 1.5 over last 10\n", encoding="utf-8")
+    # The run directory does not exist: reaching model loading would raise a different error.
+    with pytest.raises(RulesError, match=r"rules\[0\] \(负面激增\)"):
+        start(tmp_path / "no_such_run", tmp_path, p)
+
+
 def test_monitor_profile_rebuilds_the_same_profile_for_an_old_run(trained_run, tmp_path):
     run = tmp_path / "old"
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "profile.json"))

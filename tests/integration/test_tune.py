@@ -31,6 +31,18 @@ def _trials(db):
     return optuna.load_study(study_name="tuned", storage=f"sqlite:///{db}").trials
 
 
+def _completed_yet(db) -> bool:
+    """While polling: the database file appears before the study row (KeyError) or its schema is complete."""
+    try:
+        return db.exists() and any(t.state.name == "COMPLETE" for t in _trials(db))
+    except KeyError:  # the file exists, the study row not yet
+        return False
+    except Exception as e:  # noqa: BLE001 - tables still being created, or the writer holds the lock
+        if "no such table" in str(e) or "locked" in str(e):
+            return False
+        raise
+
+
 def test_tune_killed_then_resumed_runs_only_missing_trials(tmp_path, tiny_splits):
     cfg_path = _config(tmp_path, tiny_splits)
     tune_dir = tmp_path / "tuned" / "tune"
@@ -41,7 +53,7 @@ def test_tune_killed_then_resumed_runs_only_missing_trials(tmp_path, tiny_splits
     try:  # kill -9 as soon as the first trial (the default config) has finished: no chance to clean up
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
-            if db.exists() and any(t.state.name == "COMPLETE" for t in _trials(db)):
+            if _completed_yet(db):
                 break
             time.sleep(0.3)
         assert proc.poll() is None, (tmp_path / "tune.log").read_text()

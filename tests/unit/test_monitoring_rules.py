@@ -68,6 +68,16 @@ webhook: {url: "ftp://x"}
     assert len(msgs) == 7
 
 
+def test_a_share_threshold_written_as_a_percentage_is_refused_with_the_fraction_to_write():
+    with pytest.raises(RulesError, match=r"rules\[0\] \(投诉激增\): field 'when': .*not 30; write 0.3 for 30 %"):
+        parse_rules({"rules": [{"name": "投诉激增", "when": 'share(label == "投诉") > 30 over last 200'}]}, "r.yaml")
+    with pytest.raises(RulesError, match=r"field 'when': a share is a fraction"):
+        parse_rules({"rules": [{"name": "x", "stat": 'share(label == "a")', "threshold": 1.2, "window": 5}]})
+    # A z-score of a share is not a fraction; neither are the plain statistics.
+    assert parse_rules({"rules": [{"name": "z", "when": 'zscore(share(label == "a"), baseline=5) > 6 over last 50'}]})
+    assert parse_rules({"rules": [{"name": "p", "when": "label_psi > 0.25 over last 200"}]})
+
+
 def test_yaml_syntax_error_has_line_and_missing_rules(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text("rules:\n  - name: a\n    when: [unclosed\n", encoding="utf-8")

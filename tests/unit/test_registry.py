@@ -117,6 +117,32 @@ def test_promote_and_rollback_keep_alias_history(reg, tmp_path, train_csv):
     assert reg.show("tickets", 1)["aliases"] == ["production", "staging"]
 
 
+PROMOTER = """
+import sys
+from domaintune.registry import Registry
+reg = Registry(sys.argv[1])
+for _ in range(int(sys.argv[3])):
+    reg.promote("tickets", int(sys.argv[2]))
+"""
+
+
+def test_promotes_from_two_processes_lose_no_history_entry(reg, tmp_path, train_csv):
+    """Without the file lock both processes read the same history and each write drops the other's entries."""
+    import subprocess
+    import sys
+
+    for i in range(2):
+        reg.register(fake_run(tmp_path, f"r{i}", train_csv), "tickets", check_load=False)
+    n = 15
+    procs = [subprocess.Popen([sys.executable, "-c", PROMOTER, reg.where, str(v), str(n)]) for v in (1, 2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    events = reg.history("tickets")
+    assert len(events) == 2 * n
+    assert sorted(e["version"] for e in events) == [1] * n + [2] * n
+    # every event's "from" is the version the event before it left serving
+    assert [e["from"] for e in events[1:]] == [e["version"] for e in events[:-1]]
+
+
 def test_gate_refuses_promotion_unless_forced(reg, tmp_path, train_csv):
     ok = fake_run(tmp_path, "ok", train_csv, gate={"promotable": True})
     bad = fake_run(tmp_path, "bad", train_csv, gate={"promotable": False, "reason": "forgot 6 points of old tasks"})

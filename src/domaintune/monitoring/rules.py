@@ -192,6 +192,11 @@ def _to_rule(spec: RuleSpec) -> Rule:
         window, op, threshold, zb = spec.window, spec.op, spec.threshold, spec.zscore_baseline
     if not 1 <= window <= MAX_WINDOW:
         raise ValueError(f"when|window {window} out of range; use 1..{MAX_WINDOW} texts")
+    if stat == "share" and zb is None and not 0 <= threshold <= 1:
+        # A share is a fraction: "> 30" (meant as 30 %) would never fire, silently.
+        raise ValueError(f"when|a share is a fraction between 0 and 1, not {threshold:g}; "
+                         f"write {threshold / 100:g} for {threshold:g} %" if threshold > 1 else
+                         f"when|a share is a fraction between 0 and 1, not {threshold:g}")
     if zb is not None and zb < 2:
         raise ValueError("when|zscore baseline must be at least 2 windows")
     return Rule(spec.name, stat, label, op, threshold, window, zb, spec.min_std, spec.severity, float(spec.cooldown),

@@ -77,6 +77,10 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     if not run_dirs and not registry:
         raise ServeError("give at least one run directory (or --registry NAME[@alias]) to serve")
     names = model_names(run_dirs, names)
+    if alerts is not None:
+        from domaintune.monitoring.rules import load_rules
+
+        load_rules(alerts)  # syntax errors stop startup now, before minutes of model loading (labels checked later)
     if settings.runs_root is None and run_dirs:
         settings.runs_root = run_dirs[0].resolve().parent
     keystore = KeyStore(keys_db or default_keys_db()) if settings.auth else None
