@@ -88,6 +88,21 @@ def test_multilabel_run_directory(ml_run):
     assert "Decision thresholds" in report and "| 设备故障 |" in report and "micro_f1 %" in report
 
 
+def test_multilabel_profile_counts_each_label_of_a_text(ml_run, ml_data):
+    from domaintune.monitoring.profile import load_profile
+    from domaintune.tasks.multilabel import parse_labels
+
+    profile = load_profile(ml_run)
+    assert set(LABELS) <= set(profile.labels)
+    rows = []
+    for split in ("dev", "test"):
+        with open(ml_data[split], encoding="utf-8", newline="") as f:
+            rows += [parse_labels(r["label"]) for r in csv.DictReader(f)]
+    for label in LABELS:  # gold share = fraction of reference texts carrying the label (not of label strings)
+        assert profile.gold_share[label] == pytest.approx(sum(label in r for r in rows) / len(rows)), label
+    assert sum(profile.predicted_share.values()) >= 1.0 - 1e-9   # every text counts once per label (or as "(none)")
+
+
 def test_multilabel_predictor_matches_plain_transformers(ml_run):
     state = json.loads((ml_run / "task.json").read_text(encoding="utf-8"))
     tok = AutoTokenizer.from_pretrained(ml_run / "model")

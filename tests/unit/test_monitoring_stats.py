@@ -103,3 +103,52 @@ def test_offline_plots_render_chinese_labels(tmp_path, caplog):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
     assert not [w for w in caught if "Glyph" in str(w.message) and "missing" in str(w.message)]
     assert "No CJK font" not in caplog.text
+
+
+def _ml(*names):
+    """A multi-label prediction as the service returns it."""
+    return {"labels": [{"label": n, "score": 0.9} for n in names], "label": "|".join(names), "scores": {}}
+
+
+def test_multilabel_window_counts_every_label_of_a_text_and_none_as_a_category():
+    from domaintune.monitoring.profile import label_indices, prediction_labels
+
+    assert prediction_labels(_ml("设备故障", "安全隐患")) == ["设备故障", "安全隐患"]
+    assert prediction_labels(_ml()) == ["(none)"]
+    assert prediction_labels({"label": None, "score": 0.2}) == ["(abstain)"]
+    assert prediction_labels({"value": 3.2}) is None
+    profile = Profile(labels=["设备故障", "安全隐患", "(none)"],
+                      predicted_share={"设备故障": 0.5, "安全隐患": 0.5, "(none)": 0.25})
+    w = SlidingWindow(4, profile)
+    preds = [_ml("设备故障", "安全隐患"), _ml("设备故障"), _ml(), _ml("安全隐患", "新标签"), _ml("设备故障")]
+    for p in preds:
+        w.add(Record(label_indices(p, profile.label_index), float("nan")), has_text=False)
+    # the last 4 texts: {设备故障}, {(none)}, {安全隐患, a label the profile lacks}, {设备故障}
+    assert w.share("设备故障") == pytest.approx(2 / 4) and w.share("安全隐患") == pytest.approx(1 / 4)
+    assert w.share("(none)") == pytest.approx(1 / 4)
+    assert w.label_share() == pytest.approx({"设备故障": 0.5, "安全隐患": 0.25, "(none)": 0.25, "(other)": 0.25})
+    # label PSI compares label occurrences (5 here) with the profile's, both normalised
+    assert w.value("label_psi") == pytest.approx(psi([0.5, 0.5, 0.25, 0.0], [2, 1, 1, 1]))
+
+
+def test_multilabel_profile_shares_are_per_text_fractions():
+    from domaintune.monitoring.profile import build_profile
+
+    class NoTokens:  # the label part of a profile needs no tokenizer
+        tensor_name, components, seed = None, 0, 0
+
+        def token_ids(self, texts):
+            return [[1, 2] for _ in texts]
+
+        def set_vocab(self, vocab):
+            pass
+
+        def records(self, texts, labels, scores):
+            return [Record(0, s, 2) for s in scores]
+
+    preds = [_ml("a", "b"), _ml("a"), _ml(), _ml("b")]
+    gold = [("a", "b"), ("a",), (), ("a",)]
+    p = build_profile(NoTokens(), ["t"] * 4, preds, gold, labels=["a", "b"])
+    assert p.labels == ["a", "b", "(none)"]
+    assert p.predicted_share == {"a": 0.5, "b": 0.5, "(none)": 0.25}
+    assert p.gold_share == {"a": 0.75, "b": 0.25, "(none)": 0.25}

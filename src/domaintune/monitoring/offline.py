@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, select
 
-from domaintune.monitoring.profile import Profile, TextFeaturizer, load_profile, prediction_label, prediction_score
+from domaintune.monitoring.profile import Profile, TextFeaturizer, label_indices, load_profile, prediction_labels, prediction_score
 from domaintune.monitoring.stats import SlidingWindow
 
 PLOT_STATS = ("label_psi", "label_js", "confidence_mean", "length_psi", "oov_rate", "embedding_cosine")
@@ -81,9 +81,9 @@ def window_stats(rows: list[tuple], window: int, run_dir: str | Path | None = No
     if profile is None:  # no run: labels as they appear, no token statistics
         seen: list[str] = []
         for _, _, p in rows:
-            lab = prediction_label(p)
-            if lab is not None and lab not in seen:
-                seen.append(lab)
+            for lab in prediction_labels(p) or []:
+                if lab not in seen:
+                    seen.append(lab)
         profile = Profile(labels=seen, embedding=None)
     out = []
     for start in range(0, len(rows), window):
@@ -91,8 +91,7 @@ def window_stats(rows: list[tuple], window: int, run_dir: str | Path | None = No
         if len(chunk) < max(1, window // 2) and out:
             break
         w = SlidingWindow(len(chunk), profile)
-        labels = [prediction_label(p) for _, _, p in chunk]
-        idx = [-1 if x is None else profile.label_index.get(x, len(profile.labels)) for x in labels]
+        idx = [label_indices(p, profile.label_index) for _, _, p in chunk]
         scores = [prediction_score(p) for _, _, p in chunk]
         if featurizer is not None:
             recs = featurizer.records([t for _, t, _ in chunk], idx, scores)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from domaintune.monitoring.alerts import AlertStore, Dispatcher, LogSink, RuleState, WebhookSink, make_alert
-from domaintune.monitoring.profile import Profile, TextFeaturizer, load_profile, prediction_label, prediction_score
+from domaintune.monitoring.profile import Profile, TextFeaturizer, label_indices, load_profile, prediction_score
 from domaintune.monitoring.rules import RuleSet
 from domaintune.monitoring.stats import STATS, SlidingWindow
 
@@ -63,11 +63,8 @@ class ModelState:
 
     def add(self, texts: list[str], preds: list[dict], now: float) -> list:
         """Add texts; return (rule, value, z) for every rule that fires."""
-        labels, scores = [], []
-        for p in preds:
-            name = prediction_label(p)
-            labels.append(-1 if name is None else self.profile.label_index.get(name, len(self.profile.labels)))
-            scores.append(prediction_score(p))
+        labels = [label_indices(p, self.profile.label_index) for p in preds]
+        scores = [prediction_score(p) for p in preds]
         fired = []
         for rec in self.featurizer.records(texts, labels, scores):
             with self.lock:

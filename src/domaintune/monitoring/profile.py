@@ -5,7 +5,8 @@ It is taken from the held-out dev + test texts (never train: the model fits
 train, so its confidence there is optimistic), through the model that was just
 trained, and holds:
 
-* label shares of the predictions and of the gold labels,
+* label shares of the predictions and of the gold labels (multi-label: the
+  fraction of texts carrying each label, with "(none)" for texts given none),
 * a confidence (top score) histogram on fixed bins 0, 0.1, ..., 1,
 * a token-count histogram on the reference's own deciles (so each bin holds
   ~10 % of reference texts and PSI is well conditioned),
@@ -43,6 +44,7 @@ PROFILE_FILE = "profile.json"
 CONFIDENCE_EDGES = [round(0.1 * i, 1) for i in range(10)] + [1.000001]
 DEFAULT_LENGTH_EDGES = [0, 8, 16, 24, 32, 48, 64, 96, 128, 256, 1_000_000]
 ABSTAIN = "(abstain)"
+NO_LABEL = "(none)"  # a multi-label prediction with no label above its threshold
 COMPONENTS, SEED = 64, 0
 MAX_CHARS = 20_000  # the service's default per-text limit; longer texts are cut before tokenizing
 
@@ -108,11 +110,27 @@ def load_profile(run_dir: str | Path) -> Profile | None:
     return Profile.from_json(json.loads(p.read_text(encoding="utf-8")))
 
 
-def prediction_label(pred: dict) -> str | None:
-    """The label a prediction counts as (abstentions are a category of their own); None: the task has none."""
-    if not isinstance(pred, dict) or "label" not in pred:
+def prediction_labels(pred: dict) -> list[str] | None:
+    """The labels a prediction counts as; None: the task has none (regression, NER, retrieval).
+
+    Single-label: one name, abstentions (out-of-scope) a category of their own. Multi-label: every chosen
+    label (the `labels` list the service returns), or `(none)` when none passed its threshold."""
+    if not isinstance(pred, dict):
         return None
-    return ABSTAIN if pred["label"] is None else str(pred["label"])
+    chosen = pred.get("labels")
+    if isinstance(chosen, list) and all(isinstance(c, dict) and "label" in c for c in chosen):
+        return [str(c["label"]) for c in chosen] or [NO_LABEL]
+    if "label" not in pred:
+        return None
+    return [ABSTAIN if pred["label"] is None else str(pred["label"])]
+
+
+def label_indices(pred: dict, index: dict[str, int]) -> int | tuple[int, ...]:
+    """A prediction as `Record.label`: -1 without labels, else the profile indices (len(index) = unknown)."""
+    names = prediction_labels(pred)
+    if names is None:
+        return -1
+    return tuple(index.get(x, len(index)) for x in names)
 
 
 def prediction_score(pred: dict) -> float:
@@ -178,7 +196,7 @@ class TextFeaturizer:
         return self.tokenizer([t[:MAX_CHARS] for t in texts], add_special_tokens=False, truncation=False,
                               return_attention_mask=False)["input_ids"]
 
-    def records(self, texts: Sequence[str], labels: Sequence[int], scores: Sequence[float]) -> list[Record]:
+    def records(self, texts: Sequence[str], labels: Sequence, scores: Sequence[float]) -> list[Record]:
         out = []
         for ids, lab, score in zip(self.token_ids(texts), labels, scores):
             a = np.asarray(ids, dtype=np.int64)
@@ -190,20 +208,29 @@ class TextFeaturizer:
         return out
 
 
-def _shares(values: list[str], order: list[str]) -> dict[str, float]:
+def _shares(values: list[list[str]], order: list[str]) -> dict[str, float]:
+    """Fraction of texts carrying each label (each text: a list of one or more labels)."""
     n = len(values) or 1
-    return {k: sum(v == k for v in values) / n for k in order}
+    counts = {k: 0 for k in order}
+    for labs in values:
+        for k in set(labs):
+            if k in counts:
+                counts[k] += 1
+    return {k: c / n for k, c in counts.items()}
 
 
 def build_profile(featurizer: TextFeaturizer, texts: Sequence[str], predictions: Sequence[dict],
-                  gold: Sequence[str | None] | None = None, train_texts: Sequence[str] | None = None,
+                  gold: Sequence | None = None, train_texts: Sequence[str] | None = None,
                   labels: Sequence[str] = (), meta: dict | None = None) -> Profile:
-    """A profile from reference texts with their predictions (and gold labels), vocabulary from `train_texts`."""
-    pred_labels = [prediction_label(p) for p in predictions]
+    """A profile from reference texts with their predictions (and gold labels), vocabulary from `train_texts`.
+
+    `gold`: per text a label, or a list of labels (multi-label; an empty list counts as "(none)")."""
+    pred_labels = [prediction_labels(p) for p in predictions]
     order = [str(x) for x in labels]
-    order += sorted({x for x in pred_labels if x is not None and x not in order})
-    gold = [str(g) for g in (gold or []) if g is not None]
-    order += sorted({g for g in gold if g not in order})
+    order += sorted({x for labs in pred_labels if labs for x in labs if x not in order})
+    gold = [[str(x) for x in g] or [NO_LABEL] if isinstance(g, (list, tuple)) else [str(g)]
+            for g in (gold or []) if g is not None]
+    order += sorted({x for g in gold for x in g if x not in order})
     has_labels = any(x is not None for x in pred_labels)
 
     vocab_src = list(train_texts) if train_texts else list(texts)
@@ -255,7 +282,11 @@ def profile_from_examples(run_dir: Path, reference: Sequence, train: Sequence, p
         labels = list(LabelMap.load(labels_path).labels)
     featurizer = TextFeaturizer(run_dir)
     preds = predict(list(reference))
-    gold = [ex.label for ex in reference] if preds and "label" in preds[0] else None
+    gold = None
+    if preds and isinstance(preds[0].get("labels"), list):   # multi-label: the parsed label tuple of each row
+        gold = [ex.extra if isinstance(ex.extra, tuple) else None for ex in reference]
+    elif preds and "label" in preds[0]:
+        gold = [ex.label for ex in reference]
     return build_profile(featurizer, [_input_text(e) for e in reference], preds, gold,
                          [_input_text(e) for e in train], labels, meta={"run": run_dir.name})
 

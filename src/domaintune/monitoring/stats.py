@@ -5,6 +5,12 @@ online gauges, the alert rules and the offline report must mean the same thing
 by "label_psi over 200 texts", so they all feed per-text records into
 `SlidingWindow` and read `value(stat)` from it.
 
+Labels: a text may carry several (multi-label tasks), so the window keeps a
+multi-hot row per text. `share(label)` is the fraction of labelled texts that
+carry the label (for single-label tasks the usual share, summing to 1); the
+label PSI/JS compare the distribution of label *occurrences* with the
+profile's, normalised the same way on both sides.
+
 A window keeps running sums (label counts, histogram counts, token counts, the
 sum of the projected embeddings), so adding a text and reading any statistic
 costs O(labels + bins + embedding components), never O(window). The ring arrays
@@ -75,7 +81,8 @@ def bin_index(edges: np.ndarray, values) -> np.ndarray:
 class Record:
     """What the window keeps of one prediction (the text itself is never kept)."""
 
-    label: int            # index into the profile's labels; len(labels) = a label the profile does not know; -1 none
+    label: int | tuple[int, ...]  # index (or indices, multi-label) into the profile's labels; len(labels) = a
+                                  # label the profile does not know; -1: the task has no labels
     confidence: float     # nan when the task gives no score
     tokens: int = 0
     unk: int = 0
@@ -93,7 +100,8 @@ class SlidingWindow:
         self.len_edges = np.asarray(profile.length_edges, dtype=float)
         k = profile.embedding_components
         c = self.capacity
-        self._label = np.full(c, -1, dtype=np.int64)
+        self._hot = np.zeros((c, self.n_labels), dtype=bool)   # labels of each text (multi-hot)
+        self._has_label = np.zeros(c, dtype=bool)
         self._conf = np.full(c, np.nan)
         self._conf_bin = np.full(c, -1, dtype=np.int64)
         self._tokens = np.zeros(c, dtype=np.int64)
@@ -108,8 +116,8 @@ class SlidingWindow:
         self._reset_sums()
 
     def _reset_sums(self) -> None:
-        m = self._label >= 0
-        self.label_counts = np.bincount(self._label[m], minlength=self.n_labels).astype(float)
+        self.label_counts = self._hot.sum(axis=0).astype(float)
+        self.labelled = int(self._has_label.sum())
         cm = self._conf_bin >= 0
         self.conf_counts = np.bincount(self._conf_bin[cm], minlength=len(self.conf_edges) - 1).astype(float)
         self.conf_sum, self.conf_n = float(np.nansum(self._conf[cm])), int(cm.sum())
@@ -121,8 +129,9 @@ class SlidingWindow:
         self.emb_sum = self._emb[self._has_emb].sum(axis=0) if self._emb is not None else None
 
     def _apply(self, i: int, sign: int) -> None:
-        if self._label[i] >= 0:
-            self.label_counts[self._label[i]] += sign
+        if self._has_label[i]:
+            self.label_counts += sign * self._hot[i]
+            self.labelled += sign
         if self._conf_bin[i] >= 0:
             self.conf_counts[self._conf_bin[i]] += sign
             self.conf_sum += sign * self._conf[i]
@@ -141,7 +150,11 @@ class SlidingWindow:
         i = self._pos
         if self.n == self.capacity:
             self._apply(i, -1)
-        self._label[i] = r.label
+        idx = [r.label] if isinstance(r.label, (int, np.integer)) else list(r.label)
+        idx = [j for j in idx if j >= 0]
+        self._hot[i] = False
+        self._hot[i, idx] = True
+        self._has_label[i] = bool(idx)
         ok = r.confidence is not None and math.isfinite(r.confidence)
         self._conf[i] = r.confidence if ok else np.nan
         self._conf_bin[i] = int(bin_index(self.conf_edges, r.confidence)) if ok else -1
@@ -163,12 +176,13 @@ class SlidingWindow:
 
     # --- statistics -------------------------------------------------------------------------------
     def label_share(self) -> dict[str, float]:
-        s = self.label_counts.sum()
+        s = self.labelled
         names = list(self.profile.labels) + ["(other)"]
         return {n: float(c / s) if s else 0.0 for n, c in zip(names, self.label_counts) if n != "(other)" or c}
 
     def share(self, label: str) -> float:
-        s = self.label_counts.sum()
+        """Fraction of the window's labelled texts that carry `label`; nan for an empty window."""
+        s = self.labelled
         if not s:
             return float("nan")
         idx = self.profile.label_index.get(label)
