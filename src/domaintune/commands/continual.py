@@ -35,6 +35,8 @@ def register(app) -> None:
                   set_: list[str] = typer.Option([], "--set", help="Override a key, e.g. --set train.epochs=2 "
                                                  "(repeatable; data.test=FILE gives the stage a test file)."),
                   overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
+                  resume: bool = typer.Option(False, "--resume", help="Finish an interrupted stage in -o from its latest "
+                                              "checkpoint (give the same arguments)."),
                   verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
         """Continue a run on new data (domain- or class-incremental) and score every earlier stage's test set."""
         from domaintune import cli as base
@@ -48,7 +50,7 @@ def register(app) -> None:
                                 lwf_alpha=lwf_alpha, lwf_temperature=lwf_temperature)
         try:
             res = continue_run(run_dir, data, output, strategy=strategy, options=opts, overrides=set_, mode=mode,
-                               max_forgetting=max_forgetting, name=name, overwrite=overwrite)
+                               max_forgetting=max_forgetting, name=name, overwrite=overwrite, resume=resume)
         except (*base.USER_ERRORS, RunDirectoryError, ContinualError, ReplayBufferError, ValueError) as e:
             base._fail(e)
             return

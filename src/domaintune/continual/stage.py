@@ -118,12 +118,15 @@ def _bootstrap(prev: Path, old_labels: list[str], evaluate) -> tuple[dict, dict,
 
 def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, strategy: str = "naive",
                  options: ContinualOptions | None = None, overrides: list[str] | None = None, mode: str = "auto",
-                 max_forgetting: float | None = None, name: str | None = None, overwrite: bool = False) -> dict:
+                 max_forgetting: float | None = None, name: str | None = None, overwrite: bool = False,
+                 resume: bool = False) -> dict:
     """Train one more stage of RUN_DIR on DATA into OUTPUT; return the stage summary (also in continual/stages.json).
 
     `mode`: `auto` (new labels make the stage class-incremental), `domain` (new labels are an error),
     `class` (the data must bring new labels). `overrides`: `--set` keys on top of RUN_DIR's config
     (e.g. train.epochs=2, data.test=new_test.csv). `max_forgetting`: the gate in accuracy points.
+    `resume`: finish an interrupted stage in OUTPUT from its latest checkpoint, with the same arguments: the
+    strategies' state (replay sample, Fisher, teacher) is rebuilt from RUN_DIR, seeded, so it is the same.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -146,8 +149,13 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
                              f"model); this run saved an adapter or a custom head - `domaintune merge` a LoRA run first")
     if out.resolve() == prev.resolve():
         raise ContinualError(f"-o {out}: the new stage must go to a new run directory; the previous run is kept as it is")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise RunDirectoryError(f"{out} already holds a run; pass --overwrite to replace it or choose another -o")
+    if resume and overwrite:
+        raise ContinualError("--resume and --overwrite contradict each other: resume keeps OUTPUT's checkpoints")
+    if resume and (out / "metrics.json").is_file() and (out / STATE / "stages.json").is_file():
+        raise RunDirectoryError(f"{out}: this stage already finished; nothing to resume (use --overwrite to redo it)")
+    if out.exists() and any(out.iterdir()) and not (overwrite or resume):
+        raise RunDirectoryError(f"{out} already holds a run; pass --resume to finish an interrupted stage, "
+                                f"--overwrite to replace it, or choose another -o")
     prev_cfg = load_config(prev / "config.yaml")
     if prev_cfg.task != "classification" or prev_cfg.data.oos_label:
         raise ContinualError(f"{prev}: continual learning supports `task: classification` without data.oos_label; "
@@ -232,7 +240,8 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
               "seed": cfg.train.seed}
     log.info("stage %d (%s): %s, %d new label(s), strategy %s, %d training rows + %d replayed", k, stage_name,
              record["kind"], len(new_labels), record["strategy"], len(splits.train), len(task.extra_rows))
-    metrics = train_run(cfg, overwrite=overwrite, splits=splits, method=ContinualMethod(strategies, record), task=task)
+    metrics = train_run(cfg, overwrite=overwrite, resume=resume, splits=splits,
+                        method=ContinualMethod(strategies, record), task=task)
 
     model = AutoModelForSequenceClassification.from_pretrained(str(out / "model"), dtype=torch.float32,
                                                                weights_only=True).eval()
