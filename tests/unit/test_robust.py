@@ -171,3 +171,21 @@ def test_train_run_with_fgm_and_rdrop(tmp_path, tiny_splits):
 def test_no_embedding_layer_is_a_clear_error():
     with pytest.raises(ValueError, match="robust.adversarial"):
         word_embedding(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("method,sets,warns", [
+    ("zeroshot", [], True),
+    ("fewshot", [], True),                          # head_epochs 0: no cross-entropy step to perturb
+    ("fewshot", ["fewshot.head_epochs=1"], False),  # the end-to-end phase runs through the robust trainer
+    ("full", [], False),
+])
+def test_methods_that_ignore_robust_say_so(method, sets, warns, caplog):
+    import logging
+
+    from domaintune.config import load_config
+    from domaintune.methods import get_method
+
+    cfg = load_config(None, [f"method={method}", "robust.adversarial=fgm", "data.train=x.csv", *sets])
+    with caplog.at_level(logging.WARNING, "domaintune"):
+        get_method(method).configure(cfg)
+    assert ("no effect" in caplog.text) is warns, caplog.text

@@ -238,6 +238,13 @@ class FewShot(Method):
         if cfg.task not in SUPPORTED_TASKS:
             raise ValueError(f"method fewshot supports task {' or '.join(SUPPORTED_TASKS)}, not {cfg.task!r}; "
                              f"use method: full (or lora) for {cfg.task}")
+        from domaintune.training.robust import robust_active
+
+        if robust_active(cfg.robust) and self.fs.head_epochs == 0:
+            # the contrastive body phase and the closed-form head have no cross-entropy step to perturb
+            log.warning("robust (adversarial / R-Drop) acts only in few-shot's end-to-end phase, which is off "
+                        "(fewshot.head_epochs = 0): it has no effect on this run; set fewshot.head_epochs >= 1 or "
+                        "remove the robust section")
 
     def settings(self) -> dict:
         return {"fewshot": self.fs.model_dump(), **getattr(self, "_fit_info", {})}

@@ -68,6 +68,11 @@ class ZeroShot(Method):
         self.zs = cfg.zeroshot
         if cfg.task not in self.tasks:
             raise ValueError(f"method zeroshot supports task {self.tasks}, not {cfg.task!r}")
+        from domaintune.training.robust import robust_active
+
+        if robust_active(cfg.robust):
+            log.warning("robust (adversarial / R-Drop) has no effect with method zeroshot, which trains nothing; "
+                        "remove the robust section")
         if self.zs.variant == "lm":
             from domaintune.models import resolve_model
 
