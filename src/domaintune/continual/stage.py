@@ -254,6 +254,14 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
         buffer = ReplayBuffer.load(prev / STATE / "replay", capacity=options.replay_size)
         buffer.add(splits.train, stage=k)
         buffer.save(out / STATE / "replay")
+    if "ewc" not in record["strategy"].split("+") and (prev / STATE / "ewc" / "meta.json").is_file():
+        # likewise the Fisher, with this stage's importance added: a later ewc stage reads the stored sum and
+        # estimates nothing itself, so without this the stages since the last ewc stage would be unprotected
+        from domaintune.continual.ewc import EWC
+
+        carrier = EWC(options)
+        carrier.setup(ctx)
+        record["fisher_carried"] = carrier.finish(model, ctx)["fisher_stages"]
     raw = _rows_bytes(splits.test)
     record["test_file"] = f"{STATE}/tests/stage-{k}.jsonl"
     record["test_sha256"] = hashlib.sha256(raw).hexdigest()
