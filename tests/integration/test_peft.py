@@ -209,3 +209,38 @@ def test_custom_heads_are_refused_with_the_fix():
     model = FeatureRegressor(AutoModel.from_pretrained(str(resolve_model("minilm-l6"))), n_features=2)
     with pytest.raises(ValueError, match="feature_columns"):
         _check_wrappable(model, "lora")
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("stop_at,latest", [(13, 12), (19, 18)])   # during allocation / after the final one
+def test_adalora_resumes_with_its_rank_allocator_state(tmp_path, splits, stop_at, latest):
+    """Interrupted at a dev evaluation, resumed from the checkpoint before it, AdaLoRA must end exactly where an
+    uninterrupted run ends: same rank pattern and adapter. 20 steps: allocation from step 2, final at 16."""
+    def config(name):
+        cfg, _ = _config(tmp_path, splits, "adalora", max_steps=20, extra=["  target_r: 2"])
+        return cfg.model_copy(update={"output_dir": str(tmp_path / name), "train": cfg.train.model_copy(
+            update={"eval_every": stop_at, "save_every_steps": 6 if latest == 18 else 4})})
+
+    ref = tmp_path / "ref"
+    train_run(config("ref"))
+
+    def stop(step, metrics):
+        if step == stop_at:
+            raise _Interrupt
+
+    cut = tmp_path / "cut"
+    with pytest.raises(_Interrupt):
+        train_run(config("cut"), on_evaluate=stop)
+    assert json.loads((cut / "checkpoints" / "latest.json").read_text())["global_step"] == latest
+    saved = load_file(str(cut / "checkpoints" / f"step-{latest:07d}" / "method_state.safetensors"))
+    assert any(k.startswith("exp_avg_ipt/") for k in saved) or any(k.startswith("rank_pattern/") for k in saved)
+    train_run(config("cut"), resume=True)
+
+    pattern = lambda run: json.loads((run / "model" / "adapter_config.json").read_text())["rank_pattern"]  # noqa: E731
+    assert pattern(cut) == pattern(ref) and pattern(ref)
+    a, b = load_file(str(ref / "model" / "adapter_model.safetensors")), load_file(str(cut / "model" / "adapter_model.safetensors"))
+    assert set(a) == set(b)
+    assert max((a[k] - b[k]).abs().max().item() for k in a if a[k].numel()) <= 1e-5

@@ -203,6 +203,31 @@ class AdaLoRA(PeftMethod):
     def on_step(self, model, global_step: int) -> None:
         peft_model_of(model).base_model.update_and_allocate(global_step)
 
+    # The rank allocator's importance averages and the rank pattern live outside the weights and the
+    # optimizer; without them a resumed run would restart the importance estimate (other ranks pruned) or,
+    # past the final allocation, have no pattern to mask with. Checkpointed as tensors (safetensors).
+    _ALLOCATOR = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+    def training_state(self, model) -> dict:
+        base = peft_model_of(model).base_model
+        out = {f"{kind}/{n}": t for kind in self._ALLOCATOR for n, t in getattr(base.rankallocator, kind).items()}
+        pattern = base.peft_config[base.trainable_adapter_name].rank_pattern or {}
+        out.update({f"rank_pattern/{n}": torch.tensor(mask, dtype=torch.uint8) for n, mask in pattern.items()})
+        return out
+
+    def load_training_state(self, model, state: dict) -> None:
+        base = peft_model_of(model).base_model
+        for kind in self._ALLOCATOR:
+            getattr(base.rankallocator, kind).clear()
+        pattern = {}
+        for key, t in state.items():
+            kind, _, n = key.partition("/")
+            if kind == "rank_pattern":
+                pattern[n] = [bool(x) for x in t.tolist()]
+            elif kind in self._ALLOCATOR:
+                getattr(base.rankallocator, kind)[n] = t
+        base.peft_config[base.trainable_adapter_name].rank_pattern = pattern or None
+
     def _settings(self, s):
         return {"init_r": s.r, "target_r": s.target_r, "alpha": s.alpha, "dropout": s.dropout}
 

@@ -122,18 +122,25 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+METHOD_STATE = "method_state.safetensors"
+
+
 class CheckpointManager:
     """Keeps `latest` (for resume) and `best` (by the dev metric) under run/checkpoints."""
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir) / "checkpoints"
 
-    def save_latest(self, model, optimizer, scheduler, trainer_state: dict) -> Path:
+    def save_latest(self, model, optimizer, scheduler, trainer_state: dict,
+                    method_state: dict[str, torch.Tensor] | None = None) -> Path:
+        """`method_state`: tensors a method needs to resume exactly (AdaLoRA's importance scores, rank masks)."""
         step = trainer_state["global_step"]
         name = f"step-{step:07d}"
 
         def write(tmp: Path) -> None:
             save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+            if method_state:
+                save_file({k: v.detach().contiguous() for k, v in method_state.items()}, str(tmp / METHOD_STATE))
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                        tmp / "optimizer.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2, default=float))
@@ -171,6 +178,11 @@ class CheckpointManager:
     def load_weights(model, folder: Path) -> None:
         state = load_file(str(Path(folder) / "model.safetensors"))
         model.load_state_dict(state, strict=True)
+
+    @staticmethod
+    def load_method_state(folder: Path) -> dict[str, torch.Tensor] | None:
+        path = Path(folder) / METHOD_STATE
+        return load_file(str(path)) if path.is_file() else None
 
     @staticmethod
     def load_training_state(folder: Path) -> tuple[dict, dict]:

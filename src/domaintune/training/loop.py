@@ -124,6 +124,10 @@ class Trainer:
         # method hook: extra_loss(model, batch, outputs) -> tensor added to the task loss (continual
         # learning's EWC penalty and LwF distillation); not applied inside robust steps.
         self.extra_loss = getattr(method, "extra_loss", None)
+        # method hooks: training_state(model) -> {name: tensor} saved with each checkpoint, and
+        # load_training_state(model, tensors) on resume (state that lives outside the weights and optimizer)
+        self.method_state = getattr(method, "training_state", None)
+        self.load_method_state = getattr(method, "load_training_state", None)
         self.on_evaluate = on_evaluate  # callback(step, metrics) after each dev evaluation (tune: pruning)
         self.ckpt = CheckpointManager(self.run_dir)
 
@@ -159,6 +163,9 @@ class Trainer:
                 optimizer.load_state_dict(extra["optimizer"])
                 scheduler.load_state_dict(extra["scheduler"])
                 set_rng_state(extra["rng"])
+                saved = CheckpointManager.load_method_state(latest)
+                if saved is not None and self.load_method_state is not None:
+                    self.load_method_state(self.model, saved)
                 log.info("resumed from %s (step %d, epoch %d)", latest.name, state["global_step"], state["epoch"])
 
         from domaintune.training.robust import make_robust_step
@@ -239,7 +246,8 @@ class Trainer:
                                 state["stopped_early"] = done = True
                     if should_eval or (cfg.save_every_steps and step % cfg.save_every_steps == 0) or done:
                         state["train_seconds"] = time.perf_counter() - t_start
-                        self.ckpt.save_latest(self.model, optimizer, scheduler, state)
+                        self.ckpt.save_latest(self.model, optimizer, scheduler, state,
+                                              self.method_state(self.model) if self.method_state else None)
                         if not self.has_dev:
                             self.ckpt.save_best(self.model, {"step": step})
                             state["best_step"] = step
