@@ -58,6 +58,38 @@ def _check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
             f"or choose another directory with --set output_dir=runs/NAME")
 
 
+#: Keys that may change between an interrupted run and its --resume: they do not change what is trained.
+RESUME_MAY_CHANGE = {"train.num_threads", "train.log_every", "train.eval_batch_size", "train.save_every_steps"}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
+    """--resume with other settings would silently mix two trainings (the optimizer, schedule and data order
+    of one, the config of another): refuse, naming every key that differs."""
+    import yaml
+
+    saved = run_dir / "config.yaml"
+    if not (run_dir / "checkpoints" / "latest.json").is_file() or not saved.is_file():
+        return
+    old = _flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
+    new = _flat(yaml.safe_load(dump_config(cfg)) or {})
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+    if changed:
+        diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise RunDirectoryError(f"{run_dir}: --resume with settings other than the interrupted run's ({diff}"
+                                f"{' ...' if len(changed) > 8 else ''}); resume with the same config, or start "
+                                f"again with --overwrite")
+
+
 def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, splits: Splits | None = None,
               on_evaluate=None, method=None, task=None) -> dict:
     """Train, evaluate and write a complete run directory; return metrics.json's content.
@@ -80,6 +112,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     train_cfg = cfg.train.model_copy(update={"metric_for_best": metric_for_best})
     run_dir = Path(cfg.output_dir)
     _check_run_dir(run_dir, overwrite, resume)
+    if resume:
+        _check_resume_config(run_dir, cfg)
     if overwrite and not resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

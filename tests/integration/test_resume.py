@@ -39,6 +39,13 @@ def test_resume_after_kill_9_matches_uninterrupted(tmp_path, tiny_splits):
     killed_at = latest_step(tmp_path / "killed")
     assert not (tmp_path / "killed" / "metrics.json").exists(), "the run must really have been interrupted"
 
+    # other training settings on resume are refused with every changed key named; nothing is touched
+    changed = run_cli(killed_cfg, "--resume", "--set", "train.lr=0.001", "--set", "train.num_threads=1")
+    out_changed = changed.communicate()[0]
+    assert changed.returncode == 2, out_changed
+    assert "train.lr: 0.0001 -> 0.001" in " ".join(out_changed.split()) and "num_threads" not in out_changed
+    assert latest_step(tmp_path / "killed") == killed_at
+
     resumed = run_cli(killed_cfg, "--resume")
     out_resumed = resumed.communicate()[0]
     assert resumed.returncode == 0, out_resumed
