@@ -248,6 +248,9 @@ def main() -> None:
     ap.add_argument("--gate", type=float, default=2.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="only rewrite continual.md from continual.json")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="with --report-only: add the data sets/seeds of these continual.json files (e.g. one "
+                         "process per seed, each with its own --results) to --results, then render")
     ap.add_argument("--work", type=Path, default=Path("/tmp/domaintune-bench-continual"))
     ap.add_argument("--results", type=Path, default=RESULTS / "continual")
     args = ap.parse_args()
@@ -265,6 +268,8 @@ def main() -> None:
         atomic_write_text(args.results.with_suffix(".md"), markdown(results, args))
 
     if args.report_only:   # re-render continual.md from continual.json (no training)
+        for extra in args.merge:
+            results.update(json.loads(extra.read_text()))
         save()
         return
     jobs = []
