@@ -222,6 +222,22 @@ def test_service_refuses_a_rule_on_a_label_the_model_lacks(trained_run, tmp_path
         start(trained_run, tmp_path, p)
 
 
+def test_no_monitor_serves_without_drift_gauges_and_refuses_alert_rules(trained_run, stream, tmp_path):
+    from domaintune.serving.server import ServeError
+
+    settings = ServeSettings(auth=False, backend="torch", max_wait_ms=0, monitor=False)
+    app, _ = build_service([trained_run], names=["tiny"], settings=settings, audit_db=tmp_path / "audit.db")
+    assert app.state.monitor is None
+    with running_server(app) as url:
+        assert send(url, stream["stationary"][:3]) == [200] * 3
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'domaintune_requests_total{code="200",endpoint="predict",model="tiny"} 3.0' in metrics
+    assert "domaintune_monitor_" not in metrics
+    with pytest.raises(ServeError, match="--no-monitor"):
+        build_service([trained_run], names=["tiny"], settings=settings, audit_db=tmp_path / "audit2.db",
+                      alerts=rules_file(tmp_path, stream["label"], "http://127.0.0.1:9/x"))
+
+
 def test_service_reports_a_broken_rules_file_before_loading_any_model(tmp_path):
     p = tmp_path / "rules.yaml"
     p.write_text("rules:\n  - name: 负面激增\n    when: share(label == \"负面\") > 1.5 over last 10\n", encoding="utf-8")

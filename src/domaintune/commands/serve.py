@@ -36,6 +36,9 @@ def register(app) -> None:
                                                     "continuously (README: Monitoring and alerts)."),
               alerts_db: Optional[str] = typer.Option(None, "--alerts-db", help="Alert history (path or SQLAlchemy "
                                                       "URL; default alerts.db beside the first run)."),
+              no_monitor: bool = typer.Option(False, "--no-monitor", help="No drift statistics or alert rules "
+                                              "(saves the monitor thread's tokenizing; /metrics keeps the request "
+                                              "metrics)."),
               registry: list[str] = typer.Option([], "--registry", help="Serve a registry alias, NAME or "
                                                  "NAME@ALIAS (default alias production; repeatable); a promote or "
                                                  "rollback is picked up within a second, without a restart."),
@@ -51,7 +54,8 @@ def register(app) -> None:
 
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
                                  max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
-                                 auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root)
+                                 auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root,
+                                 monitor=not no_monitor)
         try:
             base.console.print(f"serving {', '.join([str(r) for r in run_dirs or []] + list(registry))} on "
                                f"http://{host}:{port} (docs: /docs, metrics: /metrics)")

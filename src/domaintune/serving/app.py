@@ -54,6 +54,7 @@ class ServeSettings:
     num_threads: int | None = None
     runs_root: Path | None = None  # admin reload may only load run directories under this folder
     pii: PiiConfig = field(default_factory=PiiConfig)
+    monitor: bool = True           # drift statistics and alert rules on every prediction (--no-monitor: off)
 
 
 class PredictRequest(BaseModel):

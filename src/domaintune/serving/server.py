@@ -77,6 +77,8 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     if not run_dirs and not registry:
         raise ServeError("give at least one run directory (or --registry NAME[@alias]) to serve")
     names = model_names(run_dirs, names)
+    if alerts is not None and not settings.monitor:
+        raise ServeError("--alerts needs the monitor that --no-monitor turns off; drop one of the two")
     if alerts is not None:
         from domaintune.monitoring.rules import load_rules
 
@@ -95,8 +97,10 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     try:  # a bad rules file stops startup with every problem listed (RulesError)
         registry_slots, watcher = registry_watch.attach(registry or [], registry_db, settings, metrics, taken=slots)
         slots.update(registry_slots)
-        monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry, alerts,
-                                alerts_db or home / "alerts.db")
+        monitor = None
+        if settings.monitor:
+            monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry,
+                                    alerts, alerts_db or home / "alerts.db")
     except BaseException:
         if watcher is not None:
             watcher.stop()
@@ -117,7 +121,8 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
             watcher.stop()
         for s in slots.values():
             s.batcher.close()
-        monitor.close()
+        if monitor is not None:
+            monitor.close()
         audit.close()
         log.info("audit log flushed: %d rows written", audit.written)
 
