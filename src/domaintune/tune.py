@@ -388,6 +388,10 @@ def _requeue_interrupted(study, TrialState) -> None:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         elif not (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")):
             continue
+        done.add(t.number)
+        if not t.params:  # killed before it drew its parameters: nothing to repeat, the sampler fills the slot
+            log.info("trial %d was interrupted before it drew parameters", t.number)
+            continue
         log.info("trial %d was interrupted: running its parameters again", t.number)
         study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items()
                                                   if k == "default"}, skip_if_exists=False)
