@@ -32,15 +32,20 @@ def _trials(db):
 
 
 def _completed_yet(db) -> bool:
-    """While polling: the database file appears before the study row (KeyError) or its schema is complete."""
-    try:
-        return db.exists() and any(t.state.name == "COMPLETE" for t in _trials(db))
-    except KeyError:  # the file exists, the study row not yet
+    """While polling: read-only SQL, never Optuna's storage - opening that creates and stamps the schema, which
+    races the tune process doing the same (UNIQUE constraint failed: alembic_version)."""
+    import sqlite3
+
+    if not db.exists():
         return False
-    except Exception as e:  # noqa: BLE001 - tables still being created, or the writer holds the lock
-        if "no such table" in str(e) or "locked" in str(e):
-            return False
-        raise
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
+        try:
+            return con.execute("SELECT COUNT(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0] > 0
+        finally:
+            con.close()
+    except sqlite3.OperationalError:  # no such table yet, or the writer holds the lock: poll again
+        return False
 
 
 def test_tune_killed_then_resumed_runs_only_missing_trials(tmp_path, tiny_splits):
