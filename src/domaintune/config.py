@@ -200,6 +200,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_explain(e, source)) from None
 
 
+def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Every leaf that differs between two config dicts, as "section.key: old -> new" (tune, resume)."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 

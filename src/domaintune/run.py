@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from domaintune.config import RunConfig, dump_config
+from domaintune.config import RunConfig, config_differences, dump_config
 from domaintune.data import LabelMap, Splits, prepare_data
 from domaintune.data.augment import augment_training
 from domaintune.evaluation.metrics import summary
@@ -62,16 +62,6 @@ def _check_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
 RESUME_MAY_CHANGE = {"train.num_threads", "train.log_every", "train.eval_batch_size", "train.save_every_steps"}
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     """--resume with other settings would silently mix two trainings (the optimizer, schedule and data order
     of one, the config of another): refuse, naming every key that differs."""
@@ -80,11 +70,11 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     saved = run_dir / "config.yaml"
     if not (run_dir / "checkpoints" / "latest.json").is_file() or not saved.is_file():
         return
-    old = _flat(yaml.safe_load(saved.read_text(encoding="utf-8")) or {})
-    new = _flat(yaml.safe_load(dump_config(cfg)) or {})
-    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUME_MAY_CHANGE)
+    changed = [d for d in config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")) or {},
+                                             yaml.safe_load(dump_config(cfg)) or {})
+               if d.split(":", 1)[0] not in RESUME_MAY_CHANGE]
     if changed:
-        diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        diff = "; ".join(changed[:8])
         raise RunDirectoryError(f"{run_dir}: --resume with settings other than the interrupted run's ({diff}"
                                 f"{' ...' if len(changed) > 8 else ''}); resume with the same config, or start "
                                 f"again with --overwrite")

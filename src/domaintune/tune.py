@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from domaintune.config import ConfigError, RunConfig, dump_config
+from domaintune.config import ConfigError, RunConfig, config_differences, dump_config
 from domaintune.training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("domaintune")
@@ -207,18 +207,6 @@ def _fingerprint(cfg: RunConfig, space: dict) -> str:
     return hashlib.sha256(json.dumps([_explicit(cfg), space], sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(old) | set(new))
-    out = []
-    for k in keys:
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
-    return out
-
-
 def _storage_url(cfg: RunConfig, tune_dir: Path) -> str:
     return cfg.tune.storage or f"sqlite:///{(tune_dir / 'study.db').resolve()}"
 
@@ -273,7 +261,7 @@ def tune(cfg: RunConfig, trials: int | None = None, timeout: float | None = None
         study.set_user_attr("config", _explicit(cfg))
         study.enqueue_trial(default_params, user_attrs={"default": True})
     elif seen != fp:
-        diff = _differences({"config": study.user_attrs.get("config", {}), "space": study.user_attrs.get("space", {})},
+        diff = config_differences({"config": study.user_attrs.get("config", {}), "space": study.user_attrs.get("space", {})},
                             {"config": _explicit(cfg), "space": space})
         raise TuneError(f"{storage} holds a study made for a different config or search space "
                         f"({'; '.join(diff[:5]) or 'see the study'}); delete {tune_dir} to start over, "

@@ -226,15 +226,15 @@ class MonitorCollector:
         yield from (stat, share, texts, observed, dropped, alerts, pending)
 
 
-def build_monitor(models: list[tuple[str, str | None, Path]], registry=None, alerts: str | Path | None = None,
+def build_monitor(models: list[tuple[str, str | None, Path]], registry=None, ruleset=None,
                   alerts_db: str | Path | None = None, window: int = 500) -> MonitorHub:
-    """The service's monitor: rules from `alerts` (validated against the served labels), sinks, gauges.
+    """The service's monitor: a parsed `ruleset` (`rules.load_rules`; validated here against the served
+    labels), sinks, gauges.
 
     `models`: (name, version, run_dir) of each served model. Sinks: the log (unless `log: false`), the
     webhook of the rules file, and the alert history in `alerts_db` (SQLite path or SQLAlchemy URL)."""
-    from domaintune.monitoring.rules import check_labels, load_rules
+    from domaintune.monitoring.rules import check_labels
 
-    ruleset = load_rules(alerts) if alerts else None
     sinks: list = []
     if ruleset is not None:
         if ruleset.log:

@@ -79,10 +79,11 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
     names = model_names(run_dirs, names)
     if alerts is not None and not settings.monitor:
         raise ServeError("--alerts needs the monitor that --no-monitor turns off; drop one of the two")
+    ruleset = None
     if alerts is not None:
         from domaintune.monitoring.rules import load_rules
 
-        load_rules(alerts)  # syntax errors stop startup now, before minutes of model loading (labels checked later)
+        ruleset = load_rules(alerts)  # errors stop startup now, before model loading (labels checked later)
     if settings.runs_root is None and run_dirs:
         settings.runs_root = run_dirs[0].resolve().parent
     keystore = KeyStore(keys_db or default_keys_db()) if settings.auth else None
@@ -100,7 +101,7 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
         monitor = None
         if settings.monitor:
             monitor = build_monitor([(s.name, s.version, s.run_dir) for s in slots.values()], metrics.registry,
-                                    alerts, alerts_db or home / "alerts.db")
+                                    ruleset, alerts_db or home / "alerts.db")
     except BaseException:
         if watcher is not None:
             watcher.stop()
