@@ -13,28 +13,26 @@ _os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 _os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 _os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from domaintune.config import ConfigError, RunConfig, load_config  # noqa: E402
-from domaintune.data import DataError, prepare_data  # noqa: E402
-from domaintune.models import ModelNotFoundError, list_models, resolve_model  # noqa: E402
-
 __version__ = "0.1.0"
+
+#: Public names -> the module defining them, imported on first use (PEP 562): `import domaintune.cli` for
+#: `domaintune --help` must not build config.py's pydantic models, nor load torch or transformers
+#: (run, predictor, evaluate), before it prints anything.
+_LAZY = {"ConfigError": "domaintune.errors", "RunConfig": "domaintune.config", "load_config": "domaintune.config",
+         "DataError": "domaintune.data", "prepare_data": "domaintune.data", "ModelNotFoundError": "domaintune.models",
+         "list_models": "domaintune.models", "resolve_model": "domaintune.models", "train_run": "domaintune.run",
+         "Predictor": "domaintune.predictor", "evaluate_run": "domaintune.evaluate"}
 
 
 def __getattr__(name):
-    # Heavy imports (torch, transformers) only when used: `domaintune models` stays instant.
-    if name == "train_run":
-        from domaintune.run import train_run
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'domaintune' has no attribute {name!r}")
+    import importlib
 
-        return train_run
-    if name == "Predictor":
-        from domaintune.predictor import Predictor
-
-        return Predictor
-    if name == "evaluate_run":
-        from domaintune.evaluate import evaluate_run
-
-        return evaluate_run
-    raise AttributeError(name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 __all__ = ["ConfigError", "DataError", "ModelNotFoundError", "Predictor", "RunConfig", "evaluate_run", "list_models",

@@ -12,8 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from domaintune.config import ConfigError, load_config, template
 from domaintune.data import DataError, ReadOptions
+from domaintune.errors import ConfigError  # not domaintune.config: its pydantic models would slow every --help
 from domaintune.models import ModelNotFoundError, list_models
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -68,6 +68,7 @@ def init(path: Path = typer.Argument(Path("domaintune.yaml"), help="Where to wri
     """Write a commented config template with every key and its default."""
     if path.exists() and not force:
         _fail(FileExistsError(f"{path} exists; pass --force to overwrite it"))
+    from domaintune.config import template
     from domaintune.training.checkpoint import atomic_write_text
 
     atomic_write_text(path, template())
@@ -82,6 +83,7 @@ def train(config: Path = typer.Argument(..., help="YAML config file."),
           verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     """Fine-tune a model as CONFIG says and write a run directory."""
     _setup_logging(verbose)
+    from domaintune.config import load_config
     from domaintune.run import RunDirectoryError, train_run
 
     try:
@@ -145,14 +147,19 @@ def evaluate(run_dir: Path = typer.Argument(..., help="A finished run directory.
 def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."),
             text: list[str] = typer.Option([], "--text", help="Text to predict on (repeatable)."),
             text_pair: list[str] = typer.Option([], "--text-pair", help="Second text for pair tasks, one per --text."),
-            input_: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file of texts."),
-            output: Optional[Path] = typer.Option(None, "--output", help="Where to write the file with label, score added."),
+            input_: Optional[Path] = typer.Option(None, "--input", help="CSV/TSV/JSONL file or Excel .xlsx (book.xlsx#Sheet "
+                                                  "for another sheet than the first) of texts."),
+            output: Optional[Path] = typer.Option(None, "--output", help="Where to write the file with label, score added; "
+                                                  ".csv, .tsv, .xlsx or .jsonl by its suffix (else the input's format)."),
             top_k: int = typer.Option(3, "--top-k", help="How many labels to show per text."),
             text_column: str = typer.Option("text"), fmt: str = typer.Option("auto", "--format"),
             delimiter: Optional[str] = typer.Option(None), encoding: str = typer.Option("utf-8"),
             no_header: bool = typer.Option(False, "--no-header"),
             backend: str = typer.Option("auto", "--backend", help="torch, onnx, onnx-int8, or auto: the fastest "
-                                        "exported model that passed its accuracy gate (else torch).")) -> None:
+                                        "exported model that passed its accuracy gate (else torch)."),
+            no_safe_cells: bool = typer.Option(False, "--no-safe-cells", help="Write cells starting with = + - @ "
+                                               "verbatim instead of neutralising them for spreadsheets (for programs "
+                                               "that read the output, never for files opened in Excel).")) -> None:
     """Predict labels for --text or for a whole --input file."""
     _setup_logging(False)
     from domaintune.predictor import Predictor
@@ -175,7 +182,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
             with Progress(console=console, disable=not sys.stderr.isatty()) as prog:
                 task = prog.add_task("predict", total=None)
                 n = predictor.predict_file(input_, output, _read_options(fmt, text_column, None, delimiter, encoding, no_header),
-                                           progress=lambda done, total: prog.update(task, completed=done, total=total))
+                                           progress=lambda done, total: prog.update(task, completed=done, total=total),
+                                           safe=not no_safe_cells)
             out.print(f"wrote {n} predictions to {output}")
     except (*USER_ERRORS, ValueError) as e:
         _fail(e)

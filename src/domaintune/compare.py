@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from domaintune.evaluation.markdown import md_cell
 from domaintune.training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("domaintune")
@@ -218,7 +219,7 @@ def markdown(rows: list[dict], title: str, note: str = "") -> str:
     for r in sorted(rows, key=lambda r: (order[r["method"]], math.inf if r["k"] is None else r["k"])):
         f = lambda v, d=1: "" if v is None else f"{v:.{d}f}"  # noqa: E731
         failed = f" ({r['failed']} failed)" if r["failed"] else ""
-        lines.append(f"| {r['method']} | {_k_label(r)} | {r['n']}{failed} | "
+        lines.append(f"| {md_cell(r['method'])} | {_k_label(r)} | {r['n']}{failed} | "
                      f"{_pm(r['mean'], r['std'], 100.0 if pct else 1.0)} | {f(r['train_examples'], 0)} | "
                      f"{f(r['wall_seconds'])} | {f(r['train_seconds'])} | {f(r['peak_rss_mb'], 0)} |")
     return "\n".join(lines) + "\n"

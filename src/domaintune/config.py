@@ -17,9 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message says what and where."""
+from domaintune.errors import ConfigError  # noqa: F401 - re-exported; defined there so the CLI names it without pydantic
+from domaintune.security.safe_yaml import YamlLimitError, load_yaml_file, load_yaml_text
 
 
 class _Strict(BaseModel):
@@ -27,12 +26,12 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    train: str | None = Field(None, description="Training file (csv, tsv, jsonl, parquet); required for `train`.")
+    train: str | None = Field(None, description="Training file (csv, tsv, jsonl, parquet, xlsx); required for `train`.")
     dev: str | None = Field(None, description="Dev file for early stopping and best-checkpoint selection; split from train when empty.")
     test: str | None = Field(None, description="Test file for the final report; split from train when empty.")
-    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "conll"] = Field(
-        "auto", description="File format; `auto` decides from the extension (.csv .tsv .txt .jsonl .parquet; .conll .bmes .bio for NER). "
-                            "`file.json#train,oos_train` reads named splits of one JSON object.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "xlsx", "conll"] = Field(
+        "auto", description="File format; `auto` decides from the extension (.csv .tsv .txt .jsonl .parquet .xlsx; .conll .bmes .bio for NER). "
+                            "`file.json#train,oos_train` reads named splits of one JSON object; `book.xlsx#Sheet2` reads one sheet (default: the first).")
     text_column: str | int = Field("text", description="Column holding the text: a header name, or a 0-based index when has_header is false.")
     label_column: str | int = Field("label", description="Column holding the label: a header name, or a 0-based index.")
     delimiter: str | None = Field(None, description="Field separator for delimited text files; default ',' for csv and tab for tsv/txt.")
@@ -148,7 +147,12 @@ def _explain(err: ValidationError, source: str) -> str:
 
 def _parse_value(raw: str) -> Any:
     """`--set` values are YAML scalars: 3e-5 -> float, true -> bool, null -> None."""
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = load_yaml_text(raw, "--set value") if raw.strip() else ""
+    except YamlLimitError as e:
+        raise ConfigError(str(e)) from None
+    except yaml.YAMLError:
+        return raw  # not YAML (e.g. "[1,"): keep the text; validation then names the key and the expected type
     if isinstance(raw, str) and isinstance(value, str):
         return raw
     return value
@@ -182,8 +186,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found; create one with `domaintune init {p}`")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        try:  # bounded: a 1.4 KB alias bomb would otherwise exhaust memory once pydantic walks it
+            loaded = load_yaml_file(p)
+        except YamlLimitError as e:
+            raise ConfigError(f"{e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         except UnicodeDecodeError as e:

@@ -43,6 +43,8 @@ import yaml
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput, TokenClassifierOutput
 
+from domaintune.security.safe_yaml import load_yaml_file
+
 log = logging.getLogger("domaintune")
 
 HEAD_FILE = "domaintune_head.json"
@@ -120,7 +122,7 @@ def _read_run(run_dir: Path) -> dict:
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise EnsembleError(f"{run_dir}: config.yaml is missing, so its task is unknown")
-    config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}
+    config = load_yaml_file(cfg_path) or {}
     state = {}
     if (run_dir / "task.json").is_file():
         state = json.loads((run_dir / "task.json").read_text(encoding="utf-8"))
@@ -280,10 +282,11 @@ def _score(first: dict, runs: list[dict], model_dir: Path, state: dict, config: 
 
 
 def render_report(metrics: dict) -> str:
+    from domaintune.evaluation.markdown import md_cell, md_code
     from domaintune.evaluation.report import _fmt
 
     keys = list(metrics.get("headline") or ["accuracy", "macro_f1"])[:4]
-    lines = [f"# Ensemble {metrics['name']}", "",
+    lines = [f"# Ensemble {md_cell(metrics['name'])}", "",
              f"Task `{metrics['task']}`; {len(metrics['members'])} members combined by "
              f"{'averaging probabilities' if metrics['combine'] != 'mean' else 'averaging predictions'} "
              f"(`{metrics['combine']}`).", ""]
@@ -291,13 +294,14 @@ def render_report(metrics: dict) -> str:
         lines += [f"Test scores on {metrics['data']['test_examples']} examples of the first member's test split:", "",
                   "| model | run | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
         for i, (m, s) in enumerate(zip(metrics["members"], metrics.get("member_test", []))):
-            lines.append(f"| member {i} ({m['method']}, {m['model']}, seed {m['seed']}) | `{m['run']}` | "
+            lines.append(f"| member {i} ({md_cell(m['method'])}, {md_cell(m['model'])}, seed {m['seed']}) | {md_code(m['run'])} | "
                          + " | ".join(_fmt(k, s.get(k)) for k in keys) + " |")
         lines.append("| **ensemble** | | " + " | ".join(f"**{_fmt(k, metrics['test'].get(k))}**" for k in keys) + " |")
     else:
         lines += ["Not scored (the members' data was not available): "
                   "`domaintune evaluate RUN_E --data test.csv` scores it.", ""]
-        lines += [f"- member {i}: `{m['run']}` ({m['method']}, {m['model']})" for i, m in enumerate(metrics["members"])]
+        lines += [f"- member {i}: {md_code(m['run'], table=False)} ({md_cell(m['method'])}, {md_cell(m['model'])})"
+                  for i, m in enumerate(metrics["members"])]
     for w in metrics.get("warnings", []):
         lines += ["", f"Warning: {w}"]
     return "\n".join(lines) + "\n"

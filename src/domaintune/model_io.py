@@ -30,6 +30,27 @@ HEAD_KINDS: dict[str, str] = {
 }
 ADAPTER_LOADER = "domaintune.methods.peft_methods:load_adapter_model"
 HEAD_FILE = "domaintune_head.json"
+#: Pickle weight files Hugging Face / PEFT would load, each with the safetensors file preferred over it.
+PICKLED_WEIGHTS = {"pytorch_model.bin": "model.safetensors",
+                   "pytorch_model.bin.index.json": "model.safetensors.index.json",
+                   "adapter_model.bin": "adapter_model.safetensors"}
+
+
+class PickleCheckpointError(ValueError):
+    """A run's weights are a pickle. domaintune writes safetensors only, so a pickle in `run/model` was put there
+    by hand or by another tool; unpickling can run code, and torch's `weights_only` guard has had bypasses, so
+    such a run is refused before torch opens the file (a ValueError: callers report it as bad input, the
+    service's reload as a 422 that keeps the previous version)."""
+
+
+def refuse_pickled_weights(model_dir: Path) -> None:
+    """Raise PickleCheckpointError when the weights that would be loaded from `model_dir` are a pickle."""
+    for pickled, safe in PICKLED_WEIGHTS.items():
+        if (model_dir / pickled).is_file() and not (model_dir / safe).is_file():
+            raise PickleCheckpointError(
+                f"{model_dir / pickled}: the model weights are a pickle file, which domaintune does not load "
+                f"(unpickling can run code); convert it to safetensors - load it once where you trust the file and "
+                f"call save_pretrained(folder, safe_serialization=True), which writes {safe} - then delete {pickled}")
 
 
 def _call(target: str, *args):
@@ -40,6 +61,7 @@ def _call(target: str, *args):
 def load_run_model(task, model_dir: str | Path) -> torch.nn.Module:
     """The run's model in eval mode, ready for `task.predict` / `task.evaluate`."""
     model_dir = Path(model_dir)
+    refuse_pickled_weights(model_dir)
     if (model_dir / "adapter_config.json").is_file():
         return _call(ADAPTER_LOADER, task, model_dir)
     head = model_dir / HEAD_FILE

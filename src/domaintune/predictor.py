@@ -7,22 +7,21 @@ Hugging Face model), so what domaintune predicts is what a user gets from
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
-import tempfile
+from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-import yaml
 from transformers import AutoTokenizer
 
 from domaintune.data import DataError, LabelMap, Problem, ReadOptions
 from domaintune.data.readers import Example, detect_format, stream_records
+from domaintune.data.writers import XLSX_MAX_ROWS, TableWriteError, TableWriter, atomic_text, output_format
 from domaintune.model_io import load_run_model
+from domaintune.security.safe_yaml import load_yaml_file
 from domaintune.tasks import EvalContext, get_task
 from domaintune.training.loop import set_threads
 
@@ -45,7 +44,7 @@ class Predictor:
             raise FileNotFoundError(f"{self.run_dir}: not a finished run directory (no model/config.json); "
                                     f"train one with `domaintune train CONFIG`")
         cfg_path = self.run_dir / "config.yaml"
-        self.config = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else {}
+        self.config = (load_yaml_file(cfg_path) or {}) if cfg_path.is_file() else {}  # bounded: run dirs come from elsewhere
         self.task = get_task(self.config.get("task", "classification"))
         state_path, labels_path = self.run_dir / "task.json", self.run_dir / "labels.json"
         if state_path.is_file():
@@ -70,6 +69,8 @@ class Predictor:
         if not self.task.labels and getattr(self.model.config, "id2label", None) and self.task.name == "classification":
             self.task.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.labels = self.task.labels
+        declared = self.task.pair_input  # None: pairs exactly when the run trained on a second text column
+        self.pair_input = declared if declared is not None else (self.config.get("data") or {}).get("text_pair_column") is not None
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.batch_size = batch_size or (64 if self.backend == "torch" else 16)
         set_threads(num_threads)
@@ -112,72 +113,91 @@ class Predictor:
             yield from self.predict(buf, top_k)
 
     def predict_file(self, input_path: str | Path, output_path: str | Path, opts: ReadOptions | None = None,
-                     chunk: int = 1024, progress=None) -> int:
-        """Copy a CSV/TSV/JSONL file with `label` and `score` added, streaming it in chunks.
+                     chunk: int = 1024, progress=None, safe: bool = True) -> int:
+        """Copy a CSV/TSV/JSONL file or an Excel sheet with `label` and `score` added, streaming it in chunks.
 
         A first pass checks every row (so all problems come in one message and
         the progress bar knows its total); the second predicts `chunk` rows at a
         time, so memory stays flat however large the file. The output is a temp
         file renamed into place at the end: an interrupted run leaves any
         earlier output intact.
+
+        The output's format follows its suffix (.csv, .tsv, .xlsx, .jsonl), else the input's. Tables are
+        written by `domaintune.data.writers`: with `safe` (the default), cells that a spreadsheet would run
+        as formulas - texts and labels come from user data - are neutralised; `safe=False` (`predict
+        --no-safe-cells`) writes them verbatim for programs that read the file back.
         """
         src, dst = Path(input_path), Path(output_path)
         opts = replace(opts or ReadOptions(), label_column=None)
         # Pair tasks read their second text from the run's pair column; retrieval queries come alone.
-        run_pair = (self.config.get("data") or {}).get("text_pair_column") if getattr(self.task, "pair_input", True) else None
+        run_pair = (self.config.get("data") or {}).get("text_pair_column") if self.pair_input else None
         if opts.text_pair_column is None and run_pair is not None:
             opts = replace(opts, text_pair_column=run_pair)
         run_feats = tuple((self.config.get("data") or {}).get("feature_columns") or ())
         if not opts.feature_columns and run_feats:  # a regression run with numeric features reads them from the file
             opts = replace(opts, feature_columns=run_feats)
-        fmt = detect_format(src, opts.format)
+        in_fmt = detect_format(src, opts.format)
+        out_fmt = output_format(dst, in_fmt)
         problems: list[Problem] = []
-        total = sum(1 for _line, ex, _rec in stream_records(src, opts, problems) if ex is not None)
+        total, keys = 0, {}  # keys: the columns of a JSONL input written as a table (every key, first-seen order)
+        for _line, ex, rec in stream_records(src, opts, problems):
+            if ex is not None:
+                total += 1
+                if in_fmt == "jsonl" and out_fmt != "jsonl":
+                    keys.update(dict.fromkeys(rec))
         if [p for p in problems if not p.warning]:
             raise DataError(problems)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
-        n = 0
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
-                if fmt == "jsonl":
-                    def write(rec, pred):
-                        rec.update(self.task.output_fields(pred))
-                        out.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                else:
-                    writer = csv.writer(out, delimiter=opts.delimiter or ("," if fmt == "csv" else "\t"),
-                                        quoting=csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE,
-                                        escapechar=None if fmt == "csv" else "\\")
+        if out_fmt == "xlsx" and total + 1 > XLSX_MAX_ROWS:
+            raise TableWriteError(f"{dst}: {total:,} rows do not fit in an Excel sheet ({XLSX_MAX_ROWS:,} rows with "
+                                  f"the header); write the predictions as .csv")
+        names = list(self.task.output_fields({}))
+        header: list | None = None
 
-                    def write(rec, pred):
-                        writer.writerow(rec + [_cell_text(v) for v in self.task.output_fields(pred).values()])
-                buf: list[tuple[str, object]] = []
+        def out_cells(pred) -> list:
+            values = self.task.output_fields(pred).values()
+            return list(values) if out_fmt == "xlsx" else [_cell_text(v) for v in values]
 
-                def flush() -> int:
-                    for (_t, rec), pred in zip(buf, self.predict([t for t, _ in buf])):
-                        write(rec, pred)
-                    k = len(buf)
-                    buf.clear()
-                    return k
+        with ExitStack() as stack:
+            if out_fmt == "jsonl":
+                out = stack.enter_context(atomic_text(dst))
 
-                for _line, ex, rec in stream_records(src, opts, []):
-                    if ex is None:  # the header row of a delimited file
-                        writer.writerow(list(rec) + list(self.task.output_fields({})))
-                        continue
-                    buf.append((ex, rec))
-                    if len(buf) >= chunk:
-                        n += flush()
-                        if progress:
-                            progress(n, total)
-                n += flush()
-                if progress:
-                    progress(n, total)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, dst)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+                def write(rec, pred):
+                    obj = rec if isinstance(rec, dict) else dict(zip(header or map(str, range(len(rec))), rec))
+                    obj.update(self.task.output_fields(pred))
+                    out.write(json.dumps(obj, ensure_ascii=False, default=str) + "\n")
+            else:
+                table = stack.enter_context(TableWriter(dst, out_fmt, safe=safe,
+                                                        delimiter=opts.delimiter if out_fmt == in_fmt else None))
+                if in_fmt == "jsonl":
+                    table.write_row(list(keys) + names)
+
+                def write(rec, pred):
+                    cells = [rec.get(k) for k in keys] if isinstance(rec, dict) else list(rec)
+                    table.write_row(cells + out_cells(pred))
+            buf: list[tuple[Example, object]] = []
+            n = 0
+
+            def flush() -> int:
+                for (_ex, rec), pred in zip(buf, self.predict([ex for ex, _ in buf])):
+                    write(rec, pred)
+                k = len(buf)
+                buf.clear()
+                return k
+
+            for _line, ex, rec in stream_records(src, opts, []):
+                if ex is None:  # the header row of a table
+                    header = [str(h) if h is not None else "" for h in rec]
+                    if out_fmt != "jsonl":
+                        table.write_row(list(rec) + names)
+                    continue
+                buf.append((ex, rec))
+                if len(buf) >= chunk:
+                    n += flush()
+                    if progress:
+                        progress(n, total)
+            n += flush()
+            if progress:
+                progress(n, total)
         return n
 
 

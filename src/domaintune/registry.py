@@ -3,11 +3,14 @@
 `register(run_dir, name)` records a finished run directory as the next version
 of NAME, with its lineage: the parent (a registered version or a run directory),
 the SHA-256 of every data file its config.yaml names, the resolved config, a
-summary of metrics.json and, for continual-learning runs, RUN_DIR/continual/gate.json.
+summary of metrics.json and, for continual-learning runs, RUN_DIR/continual/gate.json;
+and it binds the version to the SHA-256 of every weight, tokenizer and config file
+a Predictor loads (`domaintune.registry_files`).
 `promote(name, version, alias)` points an alias at a version and keeps the
 alias's history, so `rollback(name, alias)` returns to the previously promoted
-version. `domaintune serve --registry NAME[@alias]` watches the aliases and
-swaps a promotion in between two batches (`domaintune.serving.registry_watch`).
+version. Both, and the server, refuse a version whose files no longer match.
+`domaintune serve --registry NAME[@alias]` watches the aliases and swaps a
+promotion in between two batches (`domaintune.serving.registry_watch`).
 
 Backend: MLflow's model registry (`mlflow-skinny`, SQLAlchemy store) on a local
 SQLite file - no tracking server, no network. Why MLflow rather than our own
@@ -58,13 +61,17 @@ def default_registry_db() -> Path:
 
 
 def registry_uri(db: str | Path | None = None) -> str:
-    """An SQLAlchemy URL for MLflow: a plain path becomes sqlite:///ABSOLUTE_PATH (its folder is created)."""
+    """An SQLAlchemy URL for MLflow: a plain path becomes sqlite:///ABSOLUTE_PATH.
+
+    The SQLite file is created owner-only (0600, its folder 0700 if created here) before MLflow opens it:
+    the registry records run paths, metrics and descriptions, which other users of the machine have no
+    business reading."""
+    from domaintune.security import sqlite_url_private
+
     db = db if db is not None else default_registry_db()
     if "://" in str(db):
-        return str(db)
-    path = Path(db).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+        return sqlite_url_private(str(db))
+    return sqlite_url_private(Path(db).expanduser().resolve())
 
 
 @dataclass
@@ -82,6 +89,7 @@ class Version:
     metrics: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     gate: dict | None = None
+    files: dict | None = None  # hashes of the served files (registry_files); None: registered before binding
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -131,7 +139,7 @@ def data_hashes(run_dir: Path, config: dict) -> dict:
     Relative paths were relative to the directory training ran in, which is not
     recorded; they are looked up from the current directory and the run's parent,
     and a file not found is recorded as such instead of failing the registration."""
-    from domaintune.training.checkpoint import sha256_file  # lazy: checkpoint pulls in torch
+    from domaintune.security.digest import sha256_file  # not training.checkpoint's re-export: that pulls in torch
 
     out = {}
     data = config.get("data") or {}
@@ -232,10 +240,17 @@ class Registry:
         return Version(name=mv.name, version=int(mv.version), run_dir=mv.source, aliases=sorted(aliases),
                        created=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(mv.creation_timestamp / 1000)),
                        description=mv.description or "", parent=js("parent"), data=js("data", {}),
-                       metrics=js("metrics", {}), config=js("config", {}), gate=js("gate"))
+                       metrics=js("metrics", {}), config=js("config", {}), gate=js("gate"), files=js("files"))
 
     def get(self, name: str, version: int | str) -> Version:
         return self._version(self._mv(name, version))
+
+    def verify(self, name: str, version: int | str) -> Version:
+        """The version after checking its run directory still holds the files it was registered with.
+
+        Raises `registry_files.BindingError` naming each changed, missing or new file (or saying the version
+        predates the binding). Hashes the files: call it at promote/rollback/load time, not on every poll."""
+        return _verified(self.get(name, version))
 
     def alias_version(self, name: str, alias: str = DEFAULT_ALIAS) -> int | None:
         """The version ALIAS points at, or None: one indexed query, cheap enough to poll twice a second."""
@@ -310,16 +325,20 @@ class Registry:
         if alias is not None:
             _check_alias(alias)
         run = check_run_dir(run_dir, load=check_load)
-        import yaml
+        from domaintune.security.safe_yaml import load_yaml_file
 
-        config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
+        config = load_yaml_file(run / "config.yaml") or {}
         gate = read_gate(run)
         if alias is not None and gate is not None and not gate["promotable"] and not force:
             raise RegistryError(_gate_refusal(run, gate, f"register it without --alias, or pass --force"))
         lineage_parent = self._parent(name, parent, config)
+        from domaintune.registry_files import files_tag, record_files
+
+        files = files_tag(record_files(run))  # after the load check: the bytes that were just shown to load
         tags = {TAG + "parent": lineage_parent, TAG + "data": data_hashes(run, config), TAG + "config": config,
                 TAG + "metrics": metrics_summary(run), TAG + "gate": gate}
         tags = {k: json.dumps(v, ensure_ascii=False, default=str) for k, v in tags.items() if v is not None}
+        tags[TAG + "files"] = files
         try:
             self.client.get_registered_model(name)
         except self._exc:
@@ -373,13 +392,15 @@ class Registry:
         return {"model": mv.name, "version": int(mv.version)}
 
     def promote(self, name: str, version: int | str, alias: str = DEFAULT_ALIAS, force: bool = False) -> dict:
-        """Point ALIAS at VERSION; refused when the run's continual gate says not promotable (unless force)."""
+        """Point ALIAS at VERSION; refused when the run's files changed since registration (always) or its
+        continual gate says not promotable (unless force: the gate is a judgement, the binding is not)."""
         _check_alias(alias)
         v = self.get(name, version)
         run = Path(v.run_dir)
         if not (run / "model").is_dir():
             raise RegistryError(f"{name} v{v.version}: its run directory {run} is gone or has no model/; "
                                 f"restore it, or promote another version")
+        _verified(v)
         gate = read_gate(run) if run.is_dir() else v.gate
         if gate is not None and not gate["promotable"] and not force:
             raise RegistryError(_gate_refusal(run, gate, "promote another version, or pass --force to override"))
@@ -413,6 +434,7 @@ class Registry:
         if not (Path(target.run_dir) / "model").is_dir():
             raise RegistryError(f"{name}@{alias}: the previous version v{target.version} has lost its run directory "
                                 f"{target.run_dir}; restore it or promote another version")
+        _verified(target)  # a rollback must not bring back edited weights either
         self._set_alias(name, alias, target.version, stack, "rollback", current, model)
         return {"model": name, "alias": alias, "version": target.version, "previous": current,
                 "run_dir": target.run_dir}
@@ -429,6 +451,13 @@ class Registry:
         except self._exc as e:
             raise RegistryError(f"{name}@{alias}: {e.message}") from None
         log.info("%s@%s: %s v%s (was %s)", name, alias, action, version, previous)
+
+
+def _verified(v: Version) -> Version:
+    from domaintune.registry_files import verify_files
+
+    verify_files(v.run_dir, v.files, v.name, v.version)
+    return v
 
 
 def _headline(metrics: dict) -> dict:

@@ -100,9 +100,11 @@ def file_columns(path: str | Path, opts: ReadOptions) -> list[str] | None:
     present without the reader reporting them missing when they are not.
     """
     p = Path(path)
+    fmt = detect_format(p, opts.format)
+    if fmt == "xlsx":
+        return _sheet_columns(path, opts)
     if not p.is_file():
         return None
-    fmt = detect_format(p, opts.format)
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
@@ -125,6 +127,24 @@ def file_columns(path: str | Path, opts: ReadOptions) -> list[str] | None:
     except (OSError, ValueError, LookupError):
         return None
     return [c.strip() for c in row] if opts.has_header else [str(i) for i in range(len(row))]
+
+
+def _sheet_columns(path: str | Path, opts: ReadOptions) -> list[str] | None:
+    """The header (first non-blank row) of a workbook's sheet, like `file_columns`; None if unreadable."""
+    from domaintune.data import excel
+
+    file, sheet = excel.split_sheet(path)
+    try:
+        _title, rows = excel.iter_sheet(file, sheet)
+        try:
+            row = next((r for _n, r in rows if any(excel.filled(c) for c in r)), None)
+        finally:
+            rows.close()
+    except (excel.ExcelReadError, *excel.EXCEL_ERRORS):
+        return None
+    if row is None:
+        return None
+    return [str(c).strip() if c is not None else "" for c in row] if opts.has_header else [str(i) for i in range(len(row))]
 
 
 def has_column(columns: list[str] | None, column: str | int | None) -> bool:

@@ -67,10 +67,12 @@ def _check_resume_config(run_dir: Path, cfg: RunConfig) -> None:
     of one, the config of another): refuse, naming every key that differs."""
     import yaml
 
+    from domaintune.security.safe_yaml import load_yaml_file
+
     saved = run_dir / "config.yaml"
     if not (run_dir / "checkpoints" / "latest.json").is_file() or not saved.is_file():
         return
-    changed = [d for d in config_differences(yaml.safe_load(saved.read_text(encoding="utf-8")) or {},
+    changed = [d for d in config_differences(load_yaml_file(saved) or {},
                                              yaml.safe_load(dump_config(cfg)) or {})
                if d.split(":", 1)[0] not in RESUME_MAY_CHANGE]
     if changed:

@@ -29,10 +29,8 @@ What this module adds is the glue a user of `domaintune train` expects:
 
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
-import io
 import json
 import logging
 import math
@@ -42,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from domaintune.config import ConfigError, RunConfig, config_differences, dump_config
+from domaintune.data.writers import write_table
+from domaintune.evaluation.markdown import md_cell
 from domaintune.training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("domaintune")
@@ -429,13 +429,10 @@ def write_outputs(study, cfg: RunConfig, tune_dir: Path) -> dict:
     test_metric = next((t.user_attrs["test_metric"] for t in study.trials if "test_metric" in t.user_attrs), "test")
     default = next((r for r in rows if r["default"] and r["state"] == "complete"), None)
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["number", "state", "default", f"dev_{metric}", f"test_{test_metric}", "seconds", *keys, "error"])
-    for r in rows:
-        w.writerow([r["number"], r["state"], r["default"], r["dev"], r["test"], r["seconds"],
-                    *[r["params"].get(k) for k in keys], r["error"] or ""])
-    atomic_write_text(tune_dir / "trials.csv", buf.getvalue())
+    # Through the shared table writer: parameter values and error messages are text a spreadsheet must not run.
+    write_table(([r["number"], r["state"], r["default"], r["dev"], r["test"], r["seconds"],
+                  *[r["params"].get(k) for k in keys], r["error"] or ""] for r in rows), tune_dir / "trials.csv",
+                header=["number", "state", "default", f"dev_{metric}", f"test_{test_metric}", "seconds", *keys, "error"])
 
     md = [f"# Hyper-parameter search: {cfg.output_dir}", "",
           f"Method `{cfg.method}`, model `{cfg.model}`; objective: dev `{metric}` (maximised). "
@@ -444,13 +441,13 @@ def write_outputs(study, cfg: RunConfig, tune_dir: Path) -> dict:
         md.append(f"**Best: trial {best.number}**, dev {metric} {best.value:.4f}"
                   + (f" (default: {default['dev']:.4f})" if default else "") + ". Config: `best_config.yaml`.")
         md.append("")
-    md += ["| trial | state | dev " + metric + " | test " + test_metric + " | seconds | " + " | ".join(keys) + " |",
+    md += ["| trial | state | dev " + metric + " | test " + test_metric + " | seconds | " + " | ".join(map(md_cell, keys)) + " |",
            "|---" * (5 + len(keys)) + "|"]
     for r in rows:
         dev = _fmt(r["dev"]) + (" (last eval)" if r["dev_is_last_intermediate"] else "")
         md.append(f"| {r['number']}{' (default)' if r['default'] else ''}{' **best**' if best and r['number'] == best.number else ''}"
                   f" | {r['state']} | {dev} | {_fmt(r['test'])} | {_fmt(r['seconds'])} | "
-                  + " | ".join(_fmt(r["params"].get(k)) for k in keys) + " |")
+                  + " | ".join(md_cell(_fmt(r["params"].get(k))) for k in keys) + " |")
     atomic_write_text(tune_dir / "trials.md", "\n".join(md) + "\n")
 
     summary = {"study": study.study_name, "metric": metric, "n_trials": len(rows),

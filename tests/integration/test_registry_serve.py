@@ -96,8 +96,11 @@ def registry_service(trained_run, tmp_path_factory):
     reg = Registry(db)
     reg.register(root / "v1", "tickets", alias="production")     # real load check on a real run
     reg.register(root / "v2", "tickets", parent="1")
+    # registered (without the load check) already missing its weights: its files match the registration, so
+    # promote accepts it, and only the server's load fails (a run edited *after* registration is refused
+    # earlier, by the file binding: tests/security/test_registry_binding.py)
+    (root / "broken" / "model" / "model.safetensors").unlink()
     reg.register(root / "broken", "tickets", check_load=False)
-    (root / "broken" / "model" / "model.safetensors").unlink()  # registered fine, no longer loads
     settings = ServeSettings(auth=False, max_batch=16, max_wait_ms=2, max_queue=4096, backend="torch")
     app, close = build_service([], settings=settings, registry=["tickets"], registry_db=db,
                                audit_db=root / "audit.db")

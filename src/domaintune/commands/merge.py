@@ -17,8 +17,10 @@ import json
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported by the merge itself, never by `domaintune --help` (see commands/__init__)
+    import torch
 
 log = logging.getLogger("domaintune")
 

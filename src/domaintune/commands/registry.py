@@ -3,7 +3,8 @@
 Thin: each command opens the registry, calls one method, prints a rich table
 or `--json`. Registry errors exit 2 with one line, like every user error.
 `register` loads the run once to prove it works (torch import); the other
-commands never import torch, so they stay quick on a serving box.
+commands never import torch, so they stay quick on a serving box (`promote`,
+`rollback` and `verify` hash the run's files - see domaintune.registry_files).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def register(app) -> None:
                                                 "continual/gate.json says promotable: false."),
                      db: Optional[str] = typer.Option(None, "--registry-db", help=DB_HELP),
                      as_json: bool = typer.Option(False, "--json")) -> None:
-        """Register RUN_DIR as the next version of NAME (data hashes, config, metrics, parent recorded)."""
+        """Register RUN_DIR as the next version of NAME (data hashes, config, metrics, parent recorded), bound to
+        the SHA-256 of the files it serves: promote, rollback and serve refuse it if they change."""
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
@@ -98,6 +100,33 @@ def register(app) -> None:
             rec = r.rollback(name, alias)
         _print_json(rec) if as_json else _out().print(
             f"{name}@{alias}: rolled back v{rec['previous']} -> v{rec['version']}", highlight=False)
+
+    @reg.command("verify")
+    def verify_cmd(name: str = typer.Argument(...), version: Optional[int] = typer.Argument(None),
+                   db: Optional[str] = typer.Option(None, "--registry-db", help=DB_HELP),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+        """Check that VERSION's run directory (every version without VERSION) still holds the files it was
+        registered with - what promote, rollback and serve check before using it. Exit 2 when one does not."""
+        from domaintune.registry import RegistryError
+
+        with _registry(db) as r:
+            versions = [r.get(name, version)] if version is not None else r.versions(name)
+            results = []
+            for v in versions:
+                try:
+                    r.verify(name, v.version)
+                    results.append({"version": v.version, "ok": True, "problem": None})
+                except RegistryError as e:
+                    results.append({"version": v.version, "ok": False, "problem": str(e)})
+        if as_json:
+            _print_json(results)
+        else:
+            for res in results:
+                _out().print(f"{name} v{res['version']}: " + ("files match the registration" if res["ok"]
+                                                               else f"REFUSED - {res['problem']}"),
+                             highlight=False, markup=False)
+        if not all(res["ok"] for res in results):
+            raise typer.Exit(2)
 
     @reg.command("list")
     def list_cmd(db: Optional[str] = typer.Option(None, "--registry-db", help=DB_HELP),
@@ -168,7 +197,11 @@ def _show_version(v: dict) -> None:
             ("description", v["description"] or "-"), ("parent", _parent(v["parent"])),
             ("task / method / model", f"{m.get('task')} / {m.get('method')} / {m.get('model')}"),
             ("test", "  ".join(f"{k} {_num(x)}" for k, x in (m.get("test") or {}).items()) or "-"),
-            ("gate", json.dumps(v["gate"]) if v["gate"] is not None else "-")]
+            ("gate", json.dumps(v["gate"]) if v["gate"] is not None else "-"),
+            ("files", f"{len(v['files'].get('files', {}))} bound by SHA-256 (`domaintune registry verify "
+                      f"{v['name']} {v['version']}` checks them)" if v.get("files") else
+                      "not recorded (registered before file binding: refused by promote, rollback and serve; "
+                      "register the run again)")]
     rows += [(f"data {split}", f"{d['path']}  sha256 {d['sha256'] or '(' + d.get('error', 'missing') + ')'}")
              for split, d in v["data"].items()]
     for k, x in rows:

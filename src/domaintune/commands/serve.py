@@ -23,6 +23,9 @@ def register(app) -> None:
               max_wait_ms: float = typer.Option(0.0, "--max-wait-ms", help="Extra wait for a batch to fill (0: batches form while the model is busy)."),
               max_queue: int = typer.Option(1024, "--max-queue", help="Texts waiting per model before 503."),
               max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes"),
+              body_timeout: float = typer.Option(10.0, "--body-timeout", min=0.001, help="Seconds a request may take "
+                                                 "to send its whole body; past it 408 and the connection is closed "
+                                                 "(slow-body clients cannot hold connections)."),
               max_texts: int = typer.Option(256, "--max-texts", help="Texts per request."),
               max_text_chars: int = typer.Option(20_000, "--max-text-chars", help="Characters per text."),
               threads: Optional[int] = typer.Option(None, "--threads", help="Model threads (default: physical cores)."),
@@ -44,6 +47,14 @@ def register(app) -> None:
                                                  "rollback is picked up within a second, without a restart."),
               registry_db: Optional[str] = typer.Option(None, "--registry-db", help="Registry database "
                                                         "[default: $DOMAINTUNE_HOME/registry.db]."),
+              audit_timeout: float = typer.Option(5.0, "--audit-timeout", help="Seconds a reply waits for its "
+                                                  "audit row to be on disk; past it the client gets 503 with "
+                                                  "Retry-After (an answered request is never missing from the "
+                                                  "audit)."),
+              metrics_auth: bool = typer.Option(False, "--metrics-auth", help="/metrics needs an API key (any "
+                                                "scope)."),
+              docs: bool = typer.Option(False, "--docs", help="Serve Swagger UI at /docs from the packaged "
+                                        "swagger-ui-bundle (off by default; /openapi.json is always served)."),
               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
         """Serve runs over HTTP: predict, explain, health, Prometheus metrics; API keys, batching, audit log."""
         from domaintune import cli as base
@@ -53,12 +64,14 @@ def register(app) -> None:
         from domaintune.serving.server import ServeError, serve as run_server
 
         settings = ServeSettings(max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-                                 max_body_bytes=max_body_bytes, max_texts=max_texts, max_text_chars=max_text_chars,
+                                 max_body_bytes=max_body_bytes, body_timeout_s=body_timeout, max_texts=max_texts,
+                                 max_text_chars=max_text_chars,
                                  auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root,
-                                 monitor=not no_monitor)
+                                 monitor=not no_monitor, audit_timeout_s=audit_timeout, metrics_auth=metrics_auth,
+                                 docs=docs)
         try:
             base.console.print(f"serving {', '.join([str(r) for r in run_dirs or []] + list(registry))} on "
-                               f"http://{host}:{port} (docs: /docs, metrics: /metrics)")
+                               f"http://{host}:{port} ({'docs: /docs, ' if docs else ''}OpenAPI: /openapi.json, metrics: /metrics)")
             run_server(run_dirs or [], host=host, port=port, names=name or None, settings=settings, keys_db=keys_db,
                        audit_db=audit_db, graceful_seconds=graceful_seconds,
                        log_level="info" if verbose else "warning", alerts=alerts, alerts_db=alerts_db,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from domaintune.evaluation.markdown import md_cell
+
 log = logging.getLogger("domaintune")
 
 
@@ -49,11 +51,11 @@ def _p(v) -> str:
 
 def matrix_table(matrix, names: list[str]) -> list[str]:
     n = len(matrix)
-    lines = ["| model \\ test set | " + " | ".join(f"{j}: {names[j]}" for j in range(n)) + " |",
+    lines = ["| model \\ test set | " + " | ".join(f"{j}: {md_cell(names[j])}" for j in range(n)) + " |",
              "|---|" + "---|" * n]
     for i, row in enumerate(matrix):
         cells = ["" if j >= len(row) or row[j] is None else f"{100 * row[j]:.2f}" for j in range(n)]
-        lines.append(f"| after {i}: {names[i]} | " + " | ".join(cells) + " |")
+        lines.append(f"| after {i}: {md_cell(names[i])} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -65,8 +67,8 @@ def continual_section(stages: list[dict], matrix, summary: dict, gate: dict, plo
            "| stage | name | kind | strategy | train rows | replayed rows | new labels |", "|---|---|---|---|---|---|---|"]
     for s in stages:
         new = s.get("new_labels") or []
-        shown = ", ".join(new[:6]) + (f" … (+{len(new) - 6})" if len(new) > 6 else "")
-        out.append(f"| {s['index']} | {s['name']} | {s['kind']} | {s['strategy']} | {s.get('train_examples', '–')} | "
+        shown = ", ".join(map(md_cell, new[:6])) + (f" … (+{len(new) - 6})" if len(new) > 6 else "")
+        out.append(f"| {s['index']} | {md_cell(s['name'])} | {md_cell(s['kind'])} | {md_cell(s['strategy'])} | {s.get('train_examples', '–')} | "
                    f"{s.get('replayed_rows', 0)} | {shown or '–'} |")
     out += ["", "Test accuracy (%) of the model after each stage (rows) on each stage's test set (columns):", "",
             *matrix_table(matrix, names), "",
@@ -79,7 +81,7 @@ def continual_section(stages: list[dict], matrix, summary: dict, gate: dict, plo
     out.append(f"Regression gate (`continual/gate.json`): {gate_word}; {gate['reason']}.")
     if gate["drops"]:
         out += ["", "| earlier stage | before (%) | after (%) | drop (points) | blocked |", "|---|---|---|---|---|"]
-        out += [f"| {d['stage']}: {d['name']} | {d['accuracy_before']:.2f} | {d['accuracy_after']:.2f} | "
+        out += [f"| {d['stage']}: {md_cell(d['name'])} | {d['accuracy_before']:.2f} | {d['accuracy_after']:.2f} | "
                 f"{d['drop_points']:.2f} | {'yes' if d['blocked'] else 'no'} |" for d in gate["drops"]]
     if plot:
         out += ["", f"![accuracy matrix]({plot})"]

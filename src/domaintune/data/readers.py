@@ -1,10 +1,18 @@
-"""Readers for CSV, TSV, JSONL and Parquet that remember where each row came from.
+"""Readers for CSV, TSV, JSONL, Parquet and Excel (.xlsx) that remember where each row came from.
 
 Each reader yields `Example`s carrying their file and line, and collects every
 problem it meets instead of stopping at the first, so a user fixing a 10,000-row
 export sees all broken rows in one message. We read delimited files with the
 stdlib `csv` module rather than pandas because pandas cannot tell us the
-physical line of a row, nor keep going past an undecodable byte.
+physical line of a row, nor keep going past an undecodable byte. Excel workbooks
+are read by `domaintune.data.excel` (openpyxl) into the same rows, and their
+problems name the file, the sheet, the Excel row and the column.
+
+A file that says it is text but is a workbook, a zip or an .xls (a renamed
+export) is refused with that diagnosis instead of "bytes not valid utf-8".
+One CSV field may hold at most MAX_FIELD_CHARS characters: a bigger one is
+almost always an unclosed quote that swallowed the rest of the file, and it is
+reported with its line instead of escaping as `_csv.Error`.
 """
 
 from __future__ import annotations
@@ -18,7 +26,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-csv.field_size_limit(1 << 24)
+from domaintune.data import excel
+
+#: The longest CSV/TSV field we read (16 Mi characters; texts are truncated to a few hundred tokens anyway).
+MAX_FIELD_CHARS = 1 << 24
+csv.field_size_limit(MAX_FIELD_CHARS)
 
 
 @dataclass(frozen=True)
@@ -38,14 +50,23 @@ class Example:
 
 @dataclass(frozen=True)
 class Problem:
+    """One problem in an input file. `line` is the line (or, with `sheet`, the Excel row); `column` is set
+    for workbooks, where a row number alone does not point at the cell."""
+
     file: str
     line: int | None
     message: str
     fix: str = ""
     warning: bool = False
+    sheet: str | None = None
+    column: str | None = None
 
     def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
+        if self.sheet is not None:
+            where = f"{self.file}, sheet {self.sheet!r}" + (f", row {self.line}" if self.line else "")
+            where += f", column {self.column}" if self.column else ""
+        else:
+            where = f"{self.file}:{self.line}" if self.line else self.file
         text = f"{where}: {self.message}"
         return f"{text} -> {self.fix}" if self.fix else text
 
@@ -65,9 +86,10 @@ class ReadOptions:
 def detect_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    suffix = path.suffix.lower()
+    suffix = Path(excel.split_sheet(path)[0]).suffix.lower()
     return {".csv": "csv", ".tsv": "tsv", ".txt": "tsv", ".jsonl": "jsonl", ".json": "jsonl",
-            ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}.get(suffix, "csv")
+            ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".xlsx": "xlsx", ".xlsm": "xlsx",
+            ".xls": "xls"}.get(suffix, "csv")
 
 
 def _decode_lines(raw: bytes, path: str, encoding: str, problems: list[Problem]) -> tuple[str, set[int]]:
@@ -143,15 +165,36 @@ def _number(value, name: str, line: int, column, problems: list[Problem]) -> flo
 
 
 def _example(text, label, has_label: bool, name: str, line: int, problems: list[Problem],
-             pair=None, has_pair: bool = False, feats: list | None = None, feat_names: list | None = None) -> Example | None:
-    """Validate one row's cells into an Example; None (with problems recorded) when unusable."""
+             pair=None, has_pair: bool = False, feats: list | None = None, feat_names: list | None = None,
+             cols: dict | None = None) -> Example | None:
+    """Validate one row's cells into an Example; None (with problems recorded) when unusable.
+
+    `cols` (workbooks): the sheet and each role's column, {"sheet", "text", "label", "text_pair", "features"},
+    added to every problem so it points at one cell."""
     n_before = len(problems)
+
+    def at(start: int, column: str | None) -> None:
+        if cols is not None:
+            for k in range(start, len(problems)):
+                problems[k] = replace(problems[k], sheet=cols["sheet"], column=column)
+
+    n = len(problems)
     t = _cell(text, name, line, "text", problems)
+    at(n, (cols or {}).get("text"))
+    n = len(problems)
     lab = _cell(label, name, line, "label", problems) if has_label else None
+    at(n, (cols or {}).get("label"))
+    n = len(problems)
     tp = _cell(pair, name, line, "second text (text_pair_column)", problems) if has_pair else None
+    at(n, (cols or {}).get("text_pair"))
     numbers = None
     if feats is not None:
-        numbers = tuple(_number(v, name, line, c, problems) for v, c in zip(feats, feat_names or []))
+        numbers = []
+        for k, (v, c) in enumerate(zip(feats, feat_names or [])):
+            n = len(problems)
+            numbers.append(_number(v, name, line, c, problems))
+            at(n, ((cols or {}).get("features") or [None] * (k + 1))[k])
+        numbers = tuple(numbers)
     if len(problems) > n_before:
         return None
     return Example(t, lab.strip() if lab is not None else None, name, line, text_pair=tp, features=numbers)
@@ -189,15 +232,57 @@ def _read_json_splits(path: str, opts: ReadOptions, problems: list[Problem]) -> 
     return out
 
 
-def _rows_delimited(text: str, path: str, opts: ReadOptions, fmt: str):
+def _rows_delimited(lines, path: str, opts: ReadOptions, fmt: str, problems: list[Problem]):
+    """Yield `(first line, fields)` per record of a CSV/TSV; a record the csv module cannot take (a field past
+    MAX_FIELD_CHARS, usually an unclosed quote) becomes a problem at its first line, and reading stops there."""
     delimiter = opts.delimiter or ("," if fmt == "csv" else "\t")
     # TSV exports rarely quote, and texts hold stray quotes: read them literally.
     quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
-    start = reader.line_num
-    for row in reader:
-        yield start + 1, reader.line_num, row
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
+    start = 0
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if "field larger than field limit" in str(e):
+                runs = f" (the record runs on to line {reader.line_num})" if reader.line_num > start + 1 else ""
+                problems.append(Problem(path, start + 1, f"a field is longer than {MAX_FIELD_CHARS:,} characters"
+                                        f"{runs}; the rows after it were not read",
+                                        "look for an opening quote that is never closed in this row; a real text "
+                                        "this long must be shortened (models read a few hundred tokens of it)"))
+            else:
+                problems.append(Problem(path, start + 1, f"cannot parse this row as {fmt}: {e}; the rows after it "
+                                        "were not read", "check the quoting and delimiter of this row"))
+            return
+        yield start + 1, row
         start = reader.line_num
+
+
+def _not_text(raw_head: bytes, p: Path, name: str, fmt: str, problems: list[Problem]) -> bool:
+    """Record a problem and return True when a file read as `fmt` text is really a workbook, a zip, an .xls."""
+    kind = excel.sniff(p, raw_head)
+    if kind is None:
+        return False
+    message, fix = excel.not_text_message(kind, fmt)
+    problems.append(Problem(name, None, message, fix))
+    return True
+
+
+def _sheet_rows(name: str, problems: list[Problem]):
+    """(sheet, [(Excel row, values)]) of a workbook path (`book.xlsx` or `book.xlsx#Sheet`); (None, []) with a
+    problem recorded when it cannot be read."""
+    file, sheet = excel.split_sheet(name)
+    try:
+        title, rows = excel.iter_sheet(file, sheet)
+        return title, list(rows)
+    except excel.ExcelReadError as e:
+        problems.append(Problem(file, None, e.message, e.fix))
+    except Exception as e:  # noqa: BLE001 - a broken part discovered while streaming rows
+        problems.append(Problem(file, None, f"cannot read the workbook ({type(e).__name__}: {e})",
+                                "open it in Excel and save it again as .xlsx, or export it as 'CSV UTF-8'"))
+    return None, []
 
 
 def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) -> list[Example]:
@@ -206,37 +291,72 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
     name = str(path)
     if "#" in name and Path(name.partition("#")[0]).suffix.lower() == ".json" and Path(name.partition("#")[0]).is_file():
         return _read_json_splits(name, opts, problems)
-    if not p.is_file():
-        problems.append(Problem(name, None, "file not found", "check data.train/dev/test; relative paths start from the current directory"))
-        return []
     fmt = detect_format(p, opts.format)
+    file = excel.split_sheet(name)[0] if fmt == "xlsx" else name
+    if not Path(file).is_file():
+        problems.append(Problem(file, None, "file not found", "check data.train/dev/test; relative paths start from the current directory"))
+        return []
+    if fmt == "xls":
+        problems.append(Problem(name, None, "legacy Excel 97-2003 workbooks (.xls) cannot be read",
+                                "open it in Excel and save it as .xlsx or as 'CSV UTF-8'"))
+        return []
     if fmt == "parquet":
         return _read_parquet(p, name, opts, problems)
-    raw = p.read_bytes()
-    text, bad_lines = _decode_lines(raw, name, opts.encoding, problems)
-    if fmt == "jsonl":
-        return _read_jsonl(text, name, opts, problems, bad_lines)
-    rows = [(first, row) for first, _last, row in _rows_delimited(text, name, opts, fmt)]
-    rows = [(ln, r) for ln, r in rows if r and any(c.strip() for c in r) and ln not in bad_lines]
+    sheet = None
+    if fmt == "xlsx":
+        sheet, rows = _sheet_rows(name, problems)
+        name = file
+        if sheet is None:
+            return []
+    else:
+        raw = p.read_bytes()
+        if _not_text(raw[:8], p, name, fmt, problems):
+            return []
+        text, bad_lines = _decode_lines(raw, name, opts.encoding, problems)
+        if fmt == "jsonl":
+            return _read_jsonl(text, name, opts, problems, bad_lines)
+        rows = [(ln, r) for ln, r in _rows_delimited(io.StringIO(text, newline=""), name, opts, fmt, problems)
+                if ln not in bad_lines]
+    return _table_examples(rows, name, opts, fmt, problems, sheet)
+
+
+def _table_examples(rows: list, name: str, opts: ReadOptions, fmt: str, problems: list[Problem],
+                    sheet: str | None = None) -> list[Example]:
+    """Examples from the `(line, fields)` rows of a CSV/TSV, or the `(Excel row, values)` rows of a `sheet`."""
+    rows = [(ln, r) for ln, r in rows if r and any(excel.filled(c) for c in r)]
+    where = {"sheet": sheet} if sheet is not None else None
     if not rows:
-        problems.append(Problem(name, None, "file has no rows", "check the path and data.format"))
+        problems.append(Problem(name, None, "file has no rows" if sheet is None else f"sheet {sheet!r} has no rows",
+                                "check the path and data.format" if sheet is None
+                                else "fill in the sheet, or name another one after '#' (book.xlsx#Sheet2)"))
         return []
+    n_header = len(problems)
     if opts.has_header:
-        header = [h.strip() for h in rows[0][1]]
+        header_line = rows[0][0]
+        header = [str(h).strip() if h is not None else "" for h in rows[0][1]]
         rows = rows[1:]
     else:
+        header_line = 1
         width = Counter(len(r) for _, r in rows).most_common(1)[0][0]
         header = [str(i) for i in range(width)]
     ti = _column_index(header, opts.text_column, "text", name, problems)
     li = _column_index(header, opts.label_column, "label", name, problems) if opts.label_column is not None else None
     pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if opts.text_pair_column is not None else None
     fi = [_column_index(header, c, "feature", name, problems) for c in opts.feature_columns]
+    if where is not None:  # header problems point at the sheet's header row
+        problems[n_header:] = [replace(q, line=header_line, sheet=sheet) for q in problems[n_header:]]
     if ti is None or (opts.label_column is not None and li is None) or (opts.text_pair_column is not None and pi is None) or None in fi:
         return []
+    if where is not None:
+        letter = lambda j: f"{excel.column_letter(j)} ({header[j]})" if j < len(header) and header[j] else excel.column_letter(j)  # noqa: E731
+        where.update(text=letter(ti), label=letter(li) if li is not None else None,
+                     text_pair=letter(pi) if pi is not None else None, features=[letter(j) for j in fi])
     width = len(header)
     out = []
     for line, row in rows:
-        if len(row) > width and ti == width - 1 or len(row) > width and ti == 0:
+        if sheet is not None:  # a sheet row ends at its last filled cell: pad it to the header
+            row = row + [None] * (width - len(row))
+        elif len(row) > width and ti == width - 1 or len(row) > width and ti == 0:
             # Surplus separators belong to the free-text column (e.g. an '@' inside
             # a financial_phrasebank sentence, whose format is `sentence@label`).
             extra = len(row) - width
@@ -248,9 +368,9 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
             continue
         ex = _example(row[ti], row[li] if li is not None else None, li is not None, name, line, problems,
                       row[pi] if pi is not None else None, pi is not None,
-                      [row[j] for j in fi] if fi else None, list(opts.feature_columns))
+                      [row[j] for j in fi] if fi else None, list(opts.feature_columns), where)
         if ex is not None:
-            out.append(ex)
+            out.append(ex if sheet is None else replace(ex, source=f"{name}#{sheet}"))
     return out
 
 
@@ -356,21 +476,39 @@ def _stream_lines(path: Path, encoding: str, problems: list[Problem]):
 
 
 def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem]):
-    """Yield `(line, example, record)` for every row of a CSV/TSV/JSONL file without loading it whole.
+    """Yield `(line, example, record)` for every row of a CSV/TSV/JSONL file or a sheet, without loading it whole.
 
-    `record` is the parsed row (list of fields; the header row comes first,
-    with example None) or the JSON object, so a caller can write it back with
-    columns added. Problems (bad bytes, missing column, empty text) are
-    appended to `problems`; their rows yield example None. Labels are not read.
+    `record` is the parsed row (list of fields - cell values for a sheet; the
+    header row comes first, with example None) or the JSON object, so a caller
+    can write it back with columns added. Problems (bad bytes, missing column,
+    empty text) are appended to `problems`; their rows yield example None.
+    Labels are not read. For a sheet, `line` is the Excel row number.
     """
     p, name = Path(path), str(path)
     fmt = detect_format(p, opts.format)
     if fmt == "parquet":
         raise ValueError(f"{name}: parquet input cannot be streamed; convert it to CSV or JSONL")
-    if not p.is_file():
+    if fmt == "xlsx":
+        name = excel.split_sheet(name)[0]
+    if not Path(name).is_file():
         problems.append(Problem(name, None, "file not found", "check the --input path"))
         return
-    lines = _stream_lines(p, opts.encoding, problems)
+    if fmt == "xls":
+        problems.append(Problem(name, None, "legacy Excel 97-2003 workbooks (.xls) cannot be read",
+                                "open it in Excel and save it as .xlsx or as 'CSV UTF-8'"))
+        return
+    sheet = None
+    if fmt == "xlsx":
+        try:
+            sheet, rows = excel.iter_sheet(name, excel.split_sheet(str(path))[1])
+        except excel.ExcelReadError as e:
+            problems.append(Problem(name, None, e.message, e.fix))
+            return
+    else:
+        with open(p, "rb") as f:
+            if _not_text(f.read(8), p, name, fmt, problems):
+                return
+    lines = _stream_lines(p, opts.encoding, problems) if sheet is None else None
     has_pair = opts.text_pair_column is not None
     if fmt == "jsonl":
         tcol, pcol = str(opts.text_column), str(opts.text_pair_column)
@@ -383,30 +521,44 @@ def stream_records(path: str | Path, opts: ReadOptions, problems: list[Problem])
             yield i, _example(obj[tcol], None, False, name, i, problems, obj.get(pcol), has_pair,
                               [obj[c] for c in fcols] if fcols else None, fcols), obj
         return
-    delimiter = opts.delimiter or ("," if fmt == "csv" else "\t")
-    quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
-    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
+    if sheet is None:
+        rows = _rows_delimited(lines, name, opts, fmt, problems)
     ti = pi = None
     fi: list = []
-    start = 0
-    for row in reader:
-        line, start = start + 1, reader.line_num
-        if not row or not any(c.strip() for c in row):
-            continue
-        if ti is None:
-            header = [h.strip() for h in row] if opts.has_header else [str(i) for i in range(len(row))]
-            ti = _column_index(header, opts.text_column, "text", name, problems)
-            pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if has_pair else None
-            fi = [_column_index(header, c, "feature", name, problems) for c in opts.feature_columns]
-            if ti is None or (has_pair and pi is None) or None in fi:
-                return
-            if opts.has_header:
+    where = None
+    try:
+        for line, row in rows:
+            if not row or not any(excel.filled(c) for c in row):
+                continue
+            if ti is None:
+                n_header = len(problems)
+                header = ([str(h).strip() if h is not None else "" for h in row] if opts.has_header
+                          else [str(i) for i in range(len(row))])
+                ti = _column_index(header, opts.text_column, "text", name, problems)
+                pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if has_pair else None
+                fi = [_column_index(header, c, "feature", name, problems) for c in opts.feature_columns]
+                if sheet is not None:
+                    problems[n_header:] = [replace(q, line=line, sheet=sheet) for q in problems[n_header:]]
+                if ti is None or (has_pair and pi is None) or None in fi:
+                    return
+                if sheet is not None:
+                    letter = lambda j: f"{excel.column_letter(j)} ({header[j]})" if header[j] else excel.column_letter(j)  # noqa: E731
+                    where = {"sheet": sheet, "text": letter(ti), "text_pair": letter(pi) if pi is not None else None,
+                             "features": [letter(j) for j in fi]}
+                if opts.has_header:
+                    yield line, None, row
+                    continue
+            if sheet is not None:  # a sheet row ends at its last filled cell: pad it to the header
+                row = row + [None] * (len(header) - len(row))
+            if len(row) <= max(ti, pi or 0, *fi):
+                problems.append(Problem(name, line, f"row has {len(row)} fields, text column is {ti}",
+                                        "check the delimiter (--delimiter) and quoting of this row"))
                 yield line, None, row
                 continue
-        if len(row) <= max(ti, pi or 0, *fi):
-            problems.append(Problem(name, line, f"row has {len(row)} fields, text column is {ti}",
-                                    "check the delimiter (--delimiter) and quoting of this row"))
-            yield line, None, row
-            continue
-        yield line, _example(row[ti], None, False, name, line, problems, row[pi] if has_pair else None, has_pair,
-                             [row[j] for j in fi] if fi else None, list(opts.feature_columns)), row
+            yield line, _example(row[ti], None, False, name, line, problems, row[pi] if has_pair else None, has_pair,
+                                 [row[j] for j in fi] if fi else None, list(opts.feature_columns), where), row
+    except excel.EXCEL_ERRORS as e:
+        if sheet is None:
+            raise
+        problems.append(Problem(name, None, f"cannot read sheet {sheet!r} ({type(e).__name__}: {e})",
+                                "open it in Excel and save it again as .xlsx, or export it as 'CSV UTF-8'", sheet=sheet))

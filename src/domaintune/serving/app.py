@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,12 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import ClientDisconnect
 
 from domaintune.data.pii import PiiConfig
 from domaintune.serving.batching import MicroBatcher, QueueFull
+from domaintune.serving.docs import mount_docs
+from domaintune.serving.middleware import RequestObserver, note_audit
 from domaintune.serving.metrics import ServiceMetrics
 
 log = logging.getLogger("domaintune.serving")
@@ -46,6 +50,7 @@ class ServeSettings:
     max_wait_ms: float = 0.0       # extra wait for company; 0: batches form while the model is busy
     max_queue: int = 1024          # texts waiting per model before 503
     max_body_bytes: int = 1_000_000
+    body_timeout_s: float = 10.0   # the whole body must arrive within this (408 + close): no slow-body hold
     max_texts: int = 256           # texts per request
     max_text_chars: int = 20_000   # characters per text (the model reads max_length tokens of it anyway)
     max_top_k: int = 50
@@ -55,6 +60,9 @@ class ServeSettings:
     runs_root: Path | None = None  # admin reload may only load run directories under this folder
     pii: PiiConfig = field(default_factory=PiiConfig)
     monitor: bool = True           # drift statistics and alert rules on every prediction (--no-monitor: off)
+    audit_timeout_s: float = 5.0   # a 2xx waits at most this long for its audit row; then 503 + Retry-After
+    metrics_auth: bool = False     # /metrics needs a key (any scope) when True (--metrics-auth)
+    docs: bool = False             # Swagger UI at /docs from the packaged swagger-ui-bundle (--docs)
 
 
 class PredictRequest(BaseModel):
@@ -137,19 +145,40 @@ def _problem(status: int, message: str, headers: dict | None = None) -> JSONResp
     return JSONResponse({"error": {"status": status, "message": message}}, status_code=status, headers=headers)
 
 
-async def read_json(request: Request, limit: int) -> object:
-    """The body as JSON, refusing more than `limit` bytes before buffering them (413) and bad encodings (422)."""
+async def read_json(request: Request, limit: int, timeout_s: float, allow_empty: bool = False) -> object:
+    """The body as JSON, whatever its framing (content-length or chunked), with every failure a 4xx:
+
+    * more than `limit` bytes -> 413 before they are buffered;
+    * not all of it within `timeout_s` -> 408 and the connection closed: a client holding a valid key must not
+      keep a connection, a task and its buffers alive by trickling bytes (slowloris);
+    * the client hangs up mid-body -> nobody is left to answer: one info line and a 499 (nginx's "client
+      closed request"), never a 500 with tracebacks in the log and the error metric;
+    * bad UTF-8 or JSON of any kind (including an integer over Python's digit limit, a ValueError that is not a
+      JSONDecodeError, and nesting deep enough for a RecursionError) -> 422;
+    * empty -> `{}` with `allow_empty` (optional bodies), else 422.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {declared} bytes; the limit is {limit} (send fewer or shorter texts)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds {limit} bytes (send fewer or shorter texts)")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, f"request body exceeds {limit} bytes (send fewer or shorter texts)")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"request body incomplete after {timeout_s:g} s ({size} bytes received); send the whole "
+                            f"body at once", {"Connection": "close"}) from None
+    except ClientDisconnect:
+        log.info("client disconnected after sending %d of %s body bytes to %s %s; no reply sent", size,
+                 declared or "?", request.method, request.url.path)
+        raise ApiError(499, "client closed the connection before sending the whole body") from None
     body = b"".join(chunks)
     if not body:
+        if allow_empty:
+            return {}
         raise ApiError(422, 'empty body: send JSON such as {"text": "..."}')
     try:
         text = body.decode("utf-8")
@@ -161,6 +190,10 @@ async def read_json(request: Request, limit: int) -> object:
         raise ApiError(422, f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise ApiError(422, "body is not valid JSON: nested too deeply") from None
+    except ValueError as e:  # int("9" * 5000) in the parser: over sys.get_int_max_str_digits()
+        what = (f"a number has more than {sys.get_int_max_str_digits()} digits; send numbers of ordinary size"
+                if "integer string conversion" in str(e) else str(e))
+        raise ApiError(422, f"body is not valid JSON: {what}") from None
 
 
 def parse(model_cls, payload):
@@ -172,6 +205,19 @@ def parse(model_cls, payload):
         first = e.errors()[0]
         where = ".".join(str(x) for x in first.get("loc", ())) or "body"
         raise ApiError(422, f"{where}: {first.get('msg')} ({len(e.errors())} problem(s))") from None
+
+
+def check_pairing(takes_pairs: bool, has_pair: bool, pair_field: str) -> None:
+    """A pair model needs its second text, a single-text model must not get one (`Predictor.pair_input`).
+
+    Why refuse rather than ignore: a stray `text_pair` would be encoded as a second segment that the model
+    never saw in training and change its answer without a word; a missing one would fail the whole
+    micro-batch that the request shares with other clients' requests."""
+    if has_pair and not takes_pairs:
+        raise ApiError(422, f'{pair_field}: this model takes single texts, not pairs; send "text"/"texts" alone')
+    if takes_pairs and not has_pair:
+        raise ApiError(422, f'{pair_field}: missing; this model compares two texts: send "{pair_field}" '
+                            f'with the second text of each pair')
 
 
 def check_text(where: str, t: str, max_chars: int) -> str:
@@ -186,8 +232,9 @@ def check_text(where: str, t: str, max_chars: int) -> str:
     return t
 
 
-def predict_inputs(req: PredictRequest, s: ServeSettings) -> tuple[list, bool]:
-    """(inputs for Predictor.predict, single?) after every limit check."""
+def predict_inputs(req: PredictRequest, s: ServeSettings, takes_pairs: bool = False) -> tuple[list, bool]:
+    """(inputs for Predictor.predict, single?) after every limit check; `takes_pairs`: the model's
+    `Predictor.pair_input` (see check_pairing)."""
     if (req.text is None) == (req.texts is None):
         raise ApiError(422, 'send exactly one of "text" (a string) or "texts" (a list of strings)')
     if not 1 <= req.top_k <= s.max_top_k:
@@ -195,12 +242,14 @@ def predict_inputs(req: PredictRequest, s: ServeSettings) -> tuple[list, bool]:
     if req.text is not None:
         if req.text_pairs is not None:
             raise ApiError(422, 'use "text_pair" with "text" ("text_pairs" goes with "texts")')
+        check_pairing(takes_pairs, req.text_pair is not None, "text_pair")
         text = check_text("text", req.text, s.max_text_chars)
         if req.text_pair is not None:
             return [(text, check_text("text_pair", req.text_pair, s.max_text_chars))], True
         return [text], True
     if req.text_pair is not None:
         raise ApiError(422, 'use "text_pairs" with "texts" ("text_pair" goes with "text")')
+    check_pairing(takes_pairs, req.text_pairs is not None, "text_pairs")
     if not req.texts:
         raise ApiError(422, "texts: empty list; send at least one text")
     if len(req.texts) > s.max_texts:
@@ -234,7 +283,9 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         if on_shutdown is not None:
             await asyncio.get_running_loop().run_in_executor(None, on_shutdown)
 
-    app = FastAPI(title="domaintune", version="1", lifespan=lifespan,
+    # docs_url=None: FastAPI's default /docs page loads Swagger UI from a CDN, which is broken offline and
+    # lets a third party run script on the service's origin; `--docs` serves the packaged copy instead.
+    app = FastAPI(title="domaintune", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Predictions, explanations and health of fine-tuned domaintune runs.")
     app.state.slots, app.state.settings, app.state.metrics = slots, settings, metrics
 
@@ -247,37 +298,12 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         log.exception("unhandled error on %s", request.url.path)
         return _problem(500, "internal error; the server log has the details")
 
-    class CountRequests:
-        """Pure ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream copy per request)."""
-
-        def __init__(self, inner):
-            self.inner = inner
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] != "http":
-                return await self.inner(scope, receive, send)
-            t0, status = time.perf_counter(), [500]
-
-            async def send_status(message):
-                if message["type"] == "http.response.start":
-                    status[0] = message["status"]
-                await send(message)
-
-            try:
-                await self.inner(scope, receive, send_status)
-            finally:
-                parts = scope["path"].strip("/").split("/")
-                if len(parts) == 4 and parts[:2] == ["v1", "models"]:
-                    model, endpoint = (parts[2] if parts[2] in slots else "_unknown"), parts[3]
-                else:
-                    model, endpoint = "_service", (parts[-1] if parts and parts[-1] else "/")
-                code = str(status[0])
-                metrics.requests.labels(model, endpoint, code).inc()
-                if status[0] >= 400:
-                    metrics.errors.labels(model, code).inc()
-                metrics.latency.labels(model, endpoint).observe(time.perf_counter() - t0)
-
-    app.add_middleware(CountRequests)
+    if audit is not None and audit.on_failure is None:
+        audit.on_failure = lambda reason: metrics.audit_failures.labels(reason).inc()
+    app.add_middleware(RequestObserver, metrics=metrics, audit=audit, models=slots,
+                       audit_timeout_s=settings.audit_timeout_s)
+    if settings.docs:
+        mount_docs(app)
 
     def authorize(request: Request, scope: str):
         """The key's record; 401 without a valid key, 403 without the scope, 429 over its rate limit."""
@@ -289,6 +315,7 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         if record is None:
             raise ApiError(401, "missing or invalid API key (send 'Authorization: Bearer <key>')",
                            {"WWW-Authenticate": "Bearer"})
+        note_audit(request, key_name=record.name)
         if not record.allows(scope):
             raise ApiError(403, f"this key's scope does not allow {scope}")
         ok, retry = limiter.allow(record.key_id, record.rate_limit_per_minute)
@@ -302,12 +329,10 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
             raise ApiError(404, f"no model named {name!r}; GET /v1/models lists the served models")
         return slot
 
-    def audit_record(key, slot, endpoint, inputs, output, t0, status, version=None):
-        if audit is not None:
-            audit.record(key_name=key.name if key else None, model=slot.name, version=version or slot.version,
-                         endpoint=endpoint,
-                         inputs=_raw_texts(inputs), output=output, latency_ms=1000 * (time.perf_counter() - t0),
-                         status=status)
+    def audit_record(request, slot, endpoint, inputs, output, version=None):
+        """What the audit row of this request says (written by RequestObserver, whatever the status)."""
+        note_audit(request, model=slot.name, version=version or slot.version, inputs=_raw_texts(inputs),
+                   output=output)
 
     predict_schema = {"requestBody": {"required": True, "content": {"application/json": {
         "schema": PredictRequest.model_json_schema()}}}}
@@ -317,19 +342,19 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         t0 = time.perf_counter()
         key = authorize(request, "predict")
         slot = slot_for(name)
-        req = parse(PredictRequest, await read_json(request, settings.max_body_bytes))
-        inputs, single = predict_inputs(req, settings)
+        req = parse(PredictRequest, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
+        inputs, single = predict_inputs(req, settings, slot.predictor.pair_input)
         try:
             preds, used = await slot.batcher.submit(inputs, req.top_k, with_predictor=True)
         except QueueFull as e:
-            audit_record(key, slot, "predict", inputs, None, t0, 503)
+            audit_record(request, slot, "predict", inputs, None)
             raise ApiError(503, "server busy: the request queue is full; retry later",
                            {"Retry-After": str(max(1, int(e.retry_after + 0.5)))}) from None
         # the version of the model that answered, not the slot's: a swap may land between the two
         version, run_dir = getattr(used, "served_as", (slot.version, slot.run_dir))
         body = {"model": slot.name, "version": version}
         body.update({"prediction": preds[0]} if single else {"predictions": preds})
-        audit_record(key, slot, "predict", inputs, preds[0] if single else preds, t0, 200, version=version)
+        audit_record(request, slot, "predict", inputs, preds[0] if single else preds, version=version)
         if monitor is not None:
             monitor.observe(slot.name, version, run_dir, inputs, preds)
         return JSONResponse(body)
@@ -343,28 +368,38 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
         t0 = time.perf_counter()
         key = authorize(request, "predict")
         slot = slot_for(name)
-        req = parse(ExplainRequest, await read_json(request, settings.max_body_bytes))
+        req = parse(ExplainRequest, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
+        predictor = slot.predictor
         text = check_text("text", req.text, settings.max_text_chars)
+        check_pairing(predictor.pair_input, req.text_pair is not None, "text_pair")
+        text_pair = None if req.text_pair is None else check_text("text_pair", req.text_pair, settings.max_text_chars)
         if req.method not in ("auto", "ig", "occlusion"):
             raise ApiError(422, "method: use auto, ig or occlusion")
-        predictor = slot.predictor
         async with explain_lock:
             try:
                 result = await asyncio.get_running_loop().run_in_executor(
                     None, lambda: run_explain(predictor, text, target=req.label, method=req.method,
-                                              text_pair=req.text_pair))
+                                              text_pair=text_pair))
             except ValueError as e:
                 raise ApiError(422, str(e)) from None
-        audit_record(key, slot, "explain", [text], {k: result[k] for k in ("label", "score", "method") if k in result},
-                     t0, 200)
+        audit_record(request, slot, "explain", [text],
+                     {k: result[k] for k in ("label", "score", "method") if k in result})
         return JSONResponse({"model": slot.name, "version": slot.version, **result})
 
-    @app.get("/v1/models", summary="Served models")
+    def get(path: str, **kw):
+        """A GET route that answers HEAD too (uvicorn sends the headers without the body): load balancers and
+        uptime probes (`curl -I`) use HEAD, and a 405 reads as "down". HEAD stays out of the OpenAPI document."""
+        def register(fn):
+            app.head(path, include_in_schema=False)(fn)
+            return app.get(path, **kw)(fn)
+        return register
+
+    @get("/v1/models", summary="Served models")
     async def list_models(request: Request):
         authorize(request, "predict")
         return {"models": [s.info() for s in slots.values()]}
 
-    @app.get("/v1/models/{name}", summary="One served model")
+    @get("/v1/models/{name}", summary="One served model")
     async def model_info(name: str, request: Request):
         authorize(request, "predict")
         return slot_for(name).info()
@@ -374,40 +409,46 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
                   "schema": ReloadRequest.model_json_schema()}}}})
     async def reload(request: Request):
         authorize(request, "admin")
-        body = await read_json(request, settings.max_body_bytes) if request.headers.get("content-length", "0") != "0" \
-            else {}
-        req = parse(ReloadRequest, body)
+        # the body is optional, whatever its framing: a chunked body has no content-length but is still the order
+        req = parse(ReloadRequest, await read_json(request, settings.max_body_bytes, settings.body_timeout_s,
+                                                   allow_empty=True))
         targets = [slot_for(req.model)] if req.model else list(slots.values())
         if req.run_dir and not req.model:
             raise ApiError(422, "run_dir needs model: say which served model it replaces")
+        note_audit(request, model=req.model or "_service", inputs=[json.dumps(req.model_dump(), ensure_ascii=False)])
         new_dir = safe_run_dir(req.run_dir, settings) if req.run_dir else None
         loop = asyncio.get_running_loop()
         try:
             done = [await loop.run_in_executor(None, slot.reload, new_dir) for slot in targets]
-        except (FileNotFoundError, ValueError) as e:
+        except (OSError, ValueError) as e:  # missing/unreadable files (transformers raises OSError), bad config
             raise ApiError(422, f"reload failed, still serving the previous version: {e}") from None
+        note_audit(request, output=done)
         return {"reloaded": done}
 
-    @app.get("/healthz", summary="Liveness")
+    @get("/healthz", summary="Liveness")
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: every model loaded and its worker alive")
+    @get("/readyz", summary="Readiness: every model loaded and its worker alive")
     async def readyz():
         dead = [n for n, s in slots.items() if not s.batcher.alive]
         if dead:
             return _problem(503, f"model worker(s) not running: {', '.join(dead)}")
         return {"status": "ready", "models": list(slots)}
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus_metrics():
+    @get("/metrics", name="metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics_endpoint(request: Request):
+        """Rendered on a worker thread: a large registry must not stall predictions on the event loop."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        if settings.metrics_auth:
+            authorize(request, "predict")  # any valid key; admin keys too
         for n, s in slots.items():
             metrics.queue_depth.labels(n).set(s.batcher.depth)
         if audit is not None:
             metrics.audit_pending.set(audit.pending())
-        return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, metrics.registry)
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
 
     return app
 

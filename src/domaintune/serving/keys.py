@@ -28,6 +28,8 @@ from sqlalchemy import (Column, DateTime, Index, Integer, MetaData, String, Tabl
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from domaintune.security import sqlite_url_private
+
 log = logging.getLogger(__name__)
 
 SCOPES = ("predict", "admin")
@@ -146,8 +148,9 @@ class KeyStore:
             raise ValueError(f"cache_ttl must be >= 0 seconds, got {cache_ttl}")
         self.cache_ttl = float(cache_ttl)
         target = default_keys_db() if url_or_path is None else url_or_path
-        is_url = isinstance(target, str) and "://" in target
-        url = make_url(target if is_url else f"sqlite:///{self._prepare_file(Path(target).expanduser())}")
+        # a SQLite file (path or sqlite:/// URL) is created owner-only (0600, folder 0700) before SQLite opens it,
+        # since it holds key hashes; its -journal inherits the mode
+        url = make_url(sqlite_url_private(target))
         kwargs: dict = {"pool_pre_ping": True}
         if url.get_backend_name() == "sqlite":
             kwargs["connect_args"] = {"check_same_thread": False}
@@ -158,15 +161,6 @@ class KeyStore:
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, tuple[str, KeyRecord] | None]] = {}
         self._touched: dict[str, float] = {}
-
-    @staticmethod
-    def _prepare_file(path: Path) -> Path:
-        """Create the DB file owner-only (0600) before SQLite does, since it holds key hashes."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-            os.chmod(path, 0o600)  # exactly 0600, even if a strict umask also removed the owner's bits
-        return path.resolve()
 
     def __repr__(self) -> str:
         return f"KeyStore({self._engine.url.render_as_string(hide_password=True)!r})"

@@ -25,6 +25,9 @@ class ServiceMetrics:
         self.queue_depth = Gauge("domaintune_queue_depth", "Texts waiting for the model", ["model"], registry=r)
         self.texts = Counter("domaintune_texts_total", "Texts predicted", ["model"], registry=r)
         self.audit_pending = Gauge("domaintune_audit_pending", "Audit rows queued, not yet written", registry=r)
+        self.audit_failures = Counter("domaintune_audit_failures_total", "Audit rows the store did not take in "
+                                      "time (unavailable: request answered 503; dropped: backlog overflow; "
+                                      "queue: not queued)", ["reason"], registry=r)
         self.model_info = Gauge("domaintune_model_info", "Served models (value 1)", ["model", "version", "backend"],
                                 registry=r)
 

@@ -17,6 +17,12 @@ answered; `/v1/models` adds a `registry` block (model, alias, version, run
 directory, content hash). A version that fails to load is logged as an error
 and the old version keeps serving; the same version is retried only after
 `retry_seconds` (or as soon as the alias moves again).
+
+Every load - at start, on a switch, on a SIGHUP/admin reload - first checks the
+run's files against the hashes recorded at registration
+(`domaintune.registry_files.verify_files`); a version whose weights changed is
+refused like one that does not load (at start: the server does not start). The
+check hashes the files, so it runs at load time only, never on the 0.5 s poll.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class Binding:
     served_name: str
     version: int
     run_dir: Path
+    files: dict | None = None   # the version's recorded file hashes (None: registered before they were recorded)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -62,7 +69,7 @@ def resolve_bindings(specs: list[str], registry) -> list[Binding]:
         model, alias = parse_spec(spec)
         v = registry.resolve(model, alias)
         out.append(Binding(model, alias, model if alias == DEFAULT_ALIAS else f"{model}-{alias}", v.version,
-                           Path(v.run_dir)))
+                           Path(v.run_dir), v.files))
     return out
 
 
@@ -73,28 +80,33 @@ class RegistrySlot(ModelSlot):
         self.binding = binding
         self._switch_lock = threading.Lock()
         self._target = binding.version   # the registry version the run being loaded belongs to
+        self._target_files = binding.files  # ... and the file hashes it was registered with
         self._switching = False
         self.content_version = ""
         super().__init__(binding.served_name, binding.run_dir, settings, metrics)
         self.content_version = self._loaded_content
 
     def _load(self, run_dir: Path):
+        from domaintune.registry_files import verify_files
+
+        verify_files(run_dir, self._target_files, self.binding.model, self._target)  # before a byte is loaded
         run_dir, predictor, content = super()._load(run_dir)
         self._loaded_content = content
         return run_dir, predictor, str(self._target)
 
-    def switch(self, version: int, run_dir: Path) -> dict:
-        """Load `run_dir` as registry `version` and swap it in between two batches; raises if it cannot load."""
+    def switch(self, version: int, run_dir: Path, files: dict | None = None) -> dict:
+        """Load `run_dir` as registry `version` (checked against `files`, its recorded hashes) and swap it in
+        between two batches; raises if its files changed or it cannot load."""
         with self._switch_lock:
-            self._target, self._switching = version, True
+            self._target, self._target_files, self._switching = version, files, True
             try:
                 rec = self.reload(Path(run_dir))
             except BaseException:
-                self._target = self.binding.version
+                self._target, self._target_files = self.binding.version, self.binding.files
                 raise
             finally:
                 self._switching = False
-            self.binding.version, self.binding.run_dir = version, Path(run_dir)
+            self.binding.version, self.binding.run_dir, self.binding.files = version, Path(run_dir), files
             self.content_version = self._loaded_content
             return rec
 
@@ -159,13 +171,20 @@ class RegistryWatcher:
                 continue
             t0 = time.perf_counter()
             try:
-                run_dir = Path(self.registry.get(b.model, v).run_dir)
+                target = self.registry.get(b.model, v)
+                run_dir = Path(target.run_dir)
                 old = b.version
-                slot.switch(v, run_dir)
+                slot.switch(v, run_dir, target.files)
             except Exception as e:  # noqa: BLE001 - a bad version must never take the service down
+                from domaintune.registry_files import BindingError
+
                 self._failed[slot.name] = (v, time.monotonic())
-                log.error("registry: %s@%s moved to v%s but it failed to load (%s: %s); still serving v%s",
-                          b.model, b.alias, v, type(e).__name__, e, b.version)
+                if isinstance(e, BindingError):
+                    log.error("registry: %s@%s moved to v%s, which is refused: %s; still serving v%s",
+                              b.model, b.alias, v, e, b.version)
+                else:
+                    log.error("registry: %s@%s moved to v%s but it failed to load (%s: %s); still serving v%s",
+                              b.model, b.alias, v, type(e).__name__, e, b.version)
                 continue
             self._failed.pop(slot.name, None)
             seconds = time.perf_counter() - t0
@@ -205,9 +224,12 @@ def attach(specs: list[str], registry_db, settings, metrics, taken: dict, interv
             slots[b.served_name] = RegistrySlot(b, settings, metrics)
         except Exception as e:  # noqa: BLE001 - any load failure: one message that says what to do
             from domaintune.registry import RegistryError
+            from domaintune.registry_files import BindingError
 
             for s in slots.values():
                 s.batcher.close()
+            if isinstance(e, BindingError):
+                raise BindingError(f"cannot serve {b.model}@{b.alias}: {e}") from None
             raise RegistryError(f"{b.model}@{b.alias} points at v{b.version} ({b.run_dir}), which does not load "
                                 f"({type(e).__name__}: {e}); `domaintune registry rollback {b.model} --alias "
                                 f"{b.alias}` or promote a working version") from None

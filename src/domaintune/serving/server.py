@@ -91,7 +91,7 @@ def build_service(run_dirs: list[str | Path], names: list[str] | None = None, se
         log.warning("no active API keys in %s: every request will get 401; create one with "
                     "`domaintune keys create --name NAME --scope predict`", keys_db or default_keys_db())
     home = run_dirs[0].resolve().parent if run_dirs else registry_watch.home(registry_db)
-    audit = AuditLog(audit_db or home / "audit.db", pii=settings.pii)
+    audit = AuditLog(audit_db or home / "audit.db", pii=settings.pii, deadline_s=settings.audit_timeout_s)
     metrics = ServiceMetrics()
     slots = {n: ModelSlot(n, r, settings, metrics) for n, r in zip(names, run_dirs)}
     watcher = None

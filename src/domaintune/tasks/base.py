@@ -51,6 +51,11 @@ class Task(ABC):
     headline: tuple[str, ...] = ("accuracy", "macro_f1", "weighted_f1")
     #: Whether the LP-FT linear-probe head initialisation applies (a softmax head over the pooled output).
     supports_probe_init: bool = False
+    #: Whether a prediction input is a (text, text_pair) pair. True: always (the pair task); False: never
+    #: (retrieval: its pair column is the training positive, not an input); None: as the run was trained
+    #: (a run trained with data.text_pair_column reads pairs). `Predictor.pair_input` resolves it per run, and
+    #: the service refuses an input of the other kind instead of silently encoding a segment the model never saw.
+    pair_input: bool | None = None
 
     def __init__(self) -> None:
         self.labels: list[str] = []

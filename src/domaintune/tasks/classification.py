@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from domaintune.data.readers import Example, Problem
+from domaintune.evaluation.markdown import md_code
 from domaintune.evaluation.metrics import classification_metrics
 from domaintune.tasks.base import EvalContext, Task
 from domaintune.training.loop import predict_logits
@@ -260,10 +261,10 @@ class ClassificationTask(Task):
             return []
         test = metrics.get("test") or {}
         pct = lambda v: f"{100 * v:.2f} %" if isinstance(v, (int, float)) else "–"  # noqa: E731
-        how = (f"were trained as one extra class, and the model abstains when it predicts `{self.oos_label}` or"
+        how = (f"were trained as one extra class, and the model abstains when it predicts {md_code(self.oos_label, table=False)} or"
                if self._oos_class() is not None else "were absent from train; the model abstains")
         return ["## Out-of-scope detection", "",
-                f"Rows labelled `{self.oos_label}` are not an intent: they {how} "
+                f"Rows labelled {md_code(self.oos_label, table=False)} are not an intent: they {how} "
                 f"when its top in-scope probability is below **{chosen['threshold']:.4f}**, tuned on dev "
                 f"({chosen.get('dev_in_scope', '?')} in-scope, {chosen.get('dev_oos', '?')} out-of-scope rows) to maximise "
                 f"the mean of in-scope accuracy and OOS recall while losing at most "

@@ -34,6 +34,7 @@ from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_re
 from transformers import AutoModelForSequenceClassification
 
 from domaintune.data.readers import Example, Problem
+from domaintune.evaluation.markdown import md_cell
 from domaintune.tasks.base import EvalContext
 from domaintune.tasks.classification import ClassificationTask, sequence_model_kwargs
 
@@ -315,6 +316,6 @@ class MultiLabelTask(ClassificationTask):
                  f"label's F1 on dev (0.5 where dev has no example of the label). Dev micro-F1: "
                  f"{100 * cal.get('dev_micro_f1_at_0.5', 0):.2f} at 0.5, {100 * cal.get('dev_micro_f1_tuned', 0):.2f} tuned.",
                  "", "| label | threshold |", "|---|---|"]
-        lines += [f"| {l} | {t:.3f}{' (default)' if l in cal.get('untuned_labels', []) else ''} |"
+        lines += [f"| {md_cell(l)} | {t:.3f}{' (default)' if l in cal.get('untuned_labels', []) else ''} |"
                   for l, t in cal["thresholds"].items()]
         return lines + [""]

@@ -32,6 +32,7 @@ from transformers import AutoModelForTokenClassification
 
 from domaintune.data.ner_readers import NerSentence, is_cjk, read_ner, sentence_from_text, sentence_from_words
 from domaintune.data.readers import Example, Problem
+from domaintune.evaluation.markdown import md_cell
 from domaintune.tasks.base import EvalContext, Task
 from domaintune.tasks.classification import pad_batch, sequence_model_kwargs
 from domaintune.tasks.ner_schemes import (convert, from_spans, internal_scheme, label_set, seqeval_scheme, to_spans,
@@ -90,6 +91,7 @@ class NerTask(Task):
     default_metric = "f1"
     headline = ("f1", "precision", "recall", "token_accuracy")
     supports_probe_init = False
+    pair_input = False  # tags one text; as_example refuses (text, text_pair)
 
     def __init__(self) -> None:
         super().__init__()
@@ -380,7 +382,7 @@ class NerTask(Task):
         lines = ["## Entities", "",
                  f"- tag scheme of the files: {scheme}" + (f" (trained as {trained}; predictions are shown in {scheme})"
                                                           if trained != scheme else ""),
-                 f"- {len(self.types)} entity types: {', '.join(self.types)}",
+                 f"- {len(self.types)} entity types: {', '.join(map(md_cell, self.types))}",
                  "- scores are entity-level with strict matching (seqeval `mode='strict'`): an entity counts only "
                  "with its exact boundaries and type; token accuracy counts words and is high even for the "
                  "all-`O` majority row",

@@ -61,6 +61,7 @@ def detect_mode(labels: list[str | None]) -> tuple[str, str]:
 
 class PairTask(Task):
     name = "pair"
+    pair_input = True
 
     def __init__(self) -> None:
         self.inner: Task | None = None

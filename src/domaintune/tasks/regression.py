@@ -38,6 +38,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from domaintune.data.readers import Example, Problem
+from domaintune.evaluation.markdown import md_code
 from domaintune.tasks.base import EvalContext, Task
 from domaintune.tasks.classification import encode_texts, pad_batch, sequence_model_kwargs
 from domaintune.training.loop import predict_logits
@@ -452,7 +453,7 @@ class RegressionTask(Task):
                  f"- target standardised with train mean {self.target_mean:.4g} and std {self.target_std:.4g}; "
                  f"{MODEL_OUTPUT_NOTE}", f"- loss: {self.loss}", ""]
         if self.feature_columns:
-            lines += [f"- numeric features fused with the text: {', '.join(f'`{c}`' for c in self.feature_columns)} "
+            lines += [f"- numeric features fused with the text: {', '.join(md_code(c, table=False) for c in self.feature_columns)} "
                       f"(standardised with train mean/std, saved in task.json)", ""]
             base = metrics.get("baseline") or {}
             rows = [(k, n) for k, n in (("features_only", "ridge on the numeric features alone"),

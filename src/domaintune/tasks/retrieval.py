@@ -39,6 +39,7 @@ from transformers import AutoModel
 from transformers.utils import ModelOutput
 
 from domaintune.data.readers import Example, Problem, ReadOptions
+from domaintune.evaluation.markdown import md_code
 from domaintune.tasks.base import EvalContext, Task
 from domaintune.tasks.classification import pad_batch, sequence_model_kwargs
 from domaintune.training.loop import predict_logits
@@ -359,7 +360,7 @@ class RetrievalTask(Task):
         test = metrics.get("test") or {}
         if not test:
             return []
-        source = {"faq": f"the FAQ file `{self.faq}`", "pairs": "every distinct FAQ question in train+dev+test",
+        source = {"faq": f"the FAQ file {md_code(self.faq, table=False)}", "pairs": "every distinct FAQ question in train+dev+test",
                   "index": "the run's FAQ index"}.get(test.get("candidate_source"), "?")
         return ["## Retrieval", "",
                 f"- {test.get('n')} test queries searched against {test.get('candidates')} candidates ({source}); "

@@ -57,15 +57,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks (data files and weights can be large)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+# Lives in a torch-free module so the registry can hash weights without importing torch; re-exported here.
+from domaintune.security.digest import sha256_file  # noqa: E402,F401
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
