@@ -57,17 +57,26 @@ class EnsembleError(ValueError):
     """The runs cannot be ensembled; the message says which run and why."""
 
 
+#: How members' outputs are averaged, by the task's declared `output_activation` (tasks/base.py).
+COMBINE_BY_ACTIVATION = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": "mean"}
+
+
 def combine_mode(task_name: str, state: dict) -> str:
-    if task_name in ("classification", "ner"):
-        return "softmax"
-    if task_name == "multilabel":
-        return "sigmoid"
-    if task_name == "regression":
-        return "mean"
-    if task_name == "pair":
-        return "mean" if state.get("mode") == "scoring" else "softmax"
-    raise EnsembleError(f"task {task_name!r} cannot be ensembled by averaging probabilities "
-                        f"(supported: classification, multilabel, regression, pair, ner)")
+    """softmax / sigmoid / mean for a run of `task_name` with task.json `state` (a pair run's mode is in it)."""
+    from domaintune.tasks import get_task, task_names_where
+
+    try:
+        task = get_task(task_name)
+    except ValueError:
+        task = None
+    else:
+        task.load_state(state)
+    combine = COMBINE_BY_ACTIVATION.get(task.output_activation or "") if task is not None else None
+    if combine is None:
+        supported = task_names_where(lambda t: t.output_activation in COMBINE_BY_ACTIVATION)
+        raise EnsembleError(f"task {task_name!r} cannot be ensembled by averaging probabilities "
+                            f"(supported: {', '.join(supported)})")
+    return combine
 
 
 class EnsembleModel(nn.Module):

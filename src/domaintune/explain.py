@@ -35,24 +35,22 @@ import torch
 
 METHODS = {"auto": "auto", "ig": "integrated_gradients", "integrated_gradients": "integrated_gradients",
            "occlusion": "occlusion"}
-NER_MESSAGE = ("per-token explanations of NER are not supported: an NER prediction is already per token; "
-               "use the tagged spans (`entities`, with start/end offsets) that `domaintune predict` returns")
+#: Attribution target by the task's declared `output_activation` (tasks/base.py).
+KIND_BY_ACTIVATION = {"softmax": "softmax", "sigmoid": "sigmoid", "identity": "value"}
 
 
 def _kind(task) -> str:
     """How the model's output becomes a score: softmax (one label), sigmoid (multi-label) or value (regression)."""
-    name = task.name
-    if name == "ner":
-        raise ValueError(NER_MESSAGE)
-    if name == "pair":
-        if getattr(task, "encoder_kind", "cross") == "bi":
-            raise ValueError("explanations need a cross-encoder pair run (both texts in one input); this run is a "
-                             "bi-encoder, which compares two separately encoded texts")
-        return "value" if getattr(task, "mode", None) == "scoring" else "softmax"
-    kinds = {"classification": "softmax", "multilabel": "sigmoid", "regression": "value"}
-    if name not in kinds:
-        raise ValueError(f"explanations support classification, multilabel, regression and pair runs, not {name!r}")
-    return kinds[name]
+    if task.explain_refusal:  # e.g. NER (already per token), a bi-encoder pair run
+        raise ValueError(task.explain_refusal)
+    kind = KIND_BY_ACTIVATION.get(task.output_activation or "")
+    if kind is None:
+        from domaintune.tasks import task_names_where
+
+        names = task_names_where(lambda t: not t.explain_refusal and t.output_activation in KIND_BY_ACTIVATION)
+        listed = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+        raise ValueError(f"explanations support {listed} runs, not {task.name!r}")
+    return kind
 
 
 def _encode(predictor, text, text_pair):
@@ -189,8 +187,7 @@ def explain(predictor, text, target: str | None = None, method: str = "auto", n_
 
     if kind == "value":
         index, label = 0, None
-        reg = getattr(predictor.task, "inner", None) or predictor.task
-        value = float(logits[0, 0]) * float(getattr(reg, "target_std", 1.0)) + float(getattr(reg, "target_mean", 0.0))
+        value = predictor.task.value_from_output(float(logits[0, 0]))
         score_fn = lambda lg: lg[:, 0]  # noqa: E731
     else:
         index = labels.index(target) if target is not None else int(logits[0].argmax())

@@ -63,10 +63,8 @@ class Predictor:
 
             hf_config = AutoConfig.from_pretrained(str(model_dir)) if (model_dir / "config.json").is_file() else None
             self.model = OnnxModel(self.run_dir / "export" / BACKEND_FILES[self.backend], num_threads, config=hf_config)
-        attach = getattr(self.task, "attach", None)  # tasks with run-directory side files (the retrieval index)
-        if attach is not None:
-            attach(self.run_dir)
-        if not self.task.labels and getattr(self.model.config, "id2label", None) and self.task.name == "classification":
+        self.task.attach(self.run_dir)  # tasks with run-directory side files (the retrieval index)
+        if not self.task.labels and self.task.labels_from_model_config and getattr(self.model.config, "id2label", None):
             self.task.labels = [self.model.config.id2label[i] for i in range(self.model.config.num_labels)]
         self.labels = self.task.labels
         declared = self.task.pair_input  # None: pairs exactly when the run trained on a second text column

@@ -387,7 +387,7 @@ def index_run(run_dir: str | Path, faq: str | Path | None = None, opts: ReadOpti
 
     predictor = predictor or Predictor(run_dir)
     run_dir = Path(run_dir)
-    if predictor.task.name != "retrieval":
+    if predictor.task.output_kind != "ranking":  # a task that ranks FAQ entries embeds them (embed_texts)
         raise ValueError(f"{run_dir} is a `{predictor.task.name}` run; `domaintune index` needs a `task: retrieval` run")
     if faq is None:
         faq = (predictor.config.get("data") or {}).get("faq")

@@ -46,9 +46,6 @@ from domaintune.training.checkpoint import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("domaintune")
 
-_LORA_FAMILY = ("lora", "adalora")
-_PROMPT_FAMILY = ("prefix", "prompt")
-
 
 class TuneError(RuntimeError):
     """The search cannot run as configured; the message says how to fix it."""
@@ -57,41 +54,12 @@ class TuneError(RuntimeError):
 # --------------------------------------------------------------------------- search space
 
 def default_space(cfg: RunConfig) -> dict[str, dict]:
-    """A sane search space for the config's method (used when `tune.space` is empty).
+    """A sane search space for the config's method (used when `tune.space` is empty): the method's
+    `default_search_space` (domaintune.methods.base.Method); `_widen` later makes sure the config's own
+    value is inside."""
+    from domaintune.methods import get_method
 
-    Ranges are the ones the method's users usually search (HF/PEFT/SetFit
-    recipes); `_widen` later makes sure the config's own value is inside."""
-    m, t = cfg.method, cfg.train
-    if m in _LORA_FAMILY:
-        return {"train.lr": {"low": 5e-5, "high": 3e-3, "log": True},
-                "peft.r": {"choices": [4, 8, 16, 32]},
-                "peft.alpha": {"choices": [8, 16, 32, 64]},
-                "peft.dropout": {"low": 0.0, "high": 0.3}}
-    if m == "ia3":
-        return {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
-                "train.batch_size": {"choices": [8, 16, 32]}}
-    if m in _PROMPT_FAMILY:
-        return {"train.lr": {"low": 1e-3, "high": 5e-2, "log": True},
-                "peft.num_virtual_tokens": {"choices": [10, 20, 40]}}
-    if m == "fewshot":
-        return {"fewshot.pair_budget": {"choices": [2000, 5000, 10000, 20000]},
-                "fewshot.contrastive_lr": {"low": 5e-6, "high": 1e-4, "log": True},
-                "fewshot.contrastive_epochs": {"low": 0.5, "high": 2.0},
-                "fewshot.batch_size": {"choices": [8, 16, 32]}}
-    if m == "zeroshot":
-        raise TuneError("method zeroshot does not train, so it has no default search space; set tune.space in the "
-                        "config (e.g. zeroshot.k_examples: {choices: [0, 2, 4]}) or tune another method")
-    # full fine-tuning (with or without freezing) and any method without its own entry.
-    space: dict[str, dict] = {"train.lr": {"low": 1e-5, "high": 3e-4, "log": True},
-                              "train.batch_size": {"choices": [8, 16, 32]},
-                              "train.warmup_ratio": {"low": 0.0, "high": 0.2},
-                              "train.weight_decay": {"low": 0.0, "high": 0.1},
-                              "train.dropout": {"choices": [None, 0.0, 0.2, 0.3]}}  # None: the pretrained value
-    if t.max_steps is None:  # with max_steps, epochs do not change anything
-        e = t.epochs
-        space["train.epochs"] = ({"low": max(1, round(e / 2)), "high": max(2, round(e * 1.5))} if float(e).is_integer()
-                                 else {"low": max(0.5, e / 2), "high": e * 1.5})
-    return space
+    return get_method(cfg.method).default_search_space(cfg)
 
 
 def _get(data: dict, key: str):

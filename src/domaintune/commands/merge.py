@@ -83,7 +83,7 @@ def merge_run(run_dir: str | Path, out_dir: str | Path | None = None, overwrite:
     pred = Predictor(run_dir, backend="torch")  # merging needs the torch adapter model, not an export
     task, tokenizer, model = pred.task, pred.tokenizer, pred.model
     texts = list(check_texts or CHECK_TEXTS)
-    if task.name == "pair":  # pair tasks read (text, text_pair)
+    if task.pair_input is True:  # pair tasks read (text, text_pair)
         texts = [(a, b) for a, b in zip(texts, texts[1:] + texts[:1])]
     feats = pred.features(pred.examples(texts))
     before = _logits(model, task, feats, pred.pad_id)

@@ -63,6 +63,9 @@ class StageContext:
 
 class Strategy:
     name: str = ""
+    #: Whether `loss` adds a term: robust (adversarial / R-Drop) steps bypass the Trainer's loss hook,
+    #: so such a strategy refuses them (continue_run checks this, not the strategy's name).
+    adds_loss: bool = False
 
     def __init__(self, options: ContinualOptions):
         self.options = options

@@ -98,6 +98,7 @@ def save_fisher(folder: Path, fisher: dict[str, torch.Tensor], meta: dict) -> No
 
 class EWC(Strategy):
     name = "ewc"
+    adds_loss = True  # the Fisher-weighted penalty
 
     def setup(self, ctx: StageContext) -> None:
         self.lam = self.options.ewc_lambda

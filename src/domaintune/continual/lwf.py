@@ -27,6 +27,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 class LwF(Strategy):
     name = "lwf"
+    adds_loss = True  # distillation from the previous model
 
     def setup(self, ctx: StageContext) -> None:
         self.teacher = ctx.prev_model

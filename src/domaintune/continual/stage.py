@@ -132,7 +132,7 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
 
     from domaintune.config import load_config
     from domaintune.run import RunDirectoryError, train_run
-    from domaintune.tasks import EvalContext
+    from domaintune.tasks import EvalContext, get_task
     from domaintune.training.loop import set_threads
     from domaintune.training.robust import robust_active
 
@@ -157,7 +157,7 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
         raise RunDirectoryError(f"{out} already holds a run; pass --resume to finish an interrupted stage, "
                                 f"--overwrite to replace it, or choose another -o")
     prev_cfg = load_config(prev / "config.yaml")
-    if prev_cfg.task != "classification" or prev_cfg.data.oos_label:
+    if not get_task(prev_cfg.task).supports_continual or prev_cfg.data.oos_label:
         raise ContinualError(f"{prev}: continual learning supports `task: classification` without data.oos_label; "
                              f"this run is task {prev_cfg.task!r}" + (" with out-of-scope rows" if prev_cfg.data.oos_label else ""))
     old_labels = list(LabelMap.load(prev / "labels.json").labels)
@@ -174,7 +174,7 @@ def continue_run(run_dir: str | Path, data: str | Path, output: str | Path, stra
             *(overrides or []), *forced]
     cfg = load_config(prev / "config.yaml", sets)
     strategies = make_strategies(strategy, options)
-    if robust_active(cfg.robust) and any(s.name in ("ewc", "lwf") for s in strategies):
+    if robust_active(cfg.robust) and any(s.adds_loss for s in strategies):
         raise ContinualError("robust: adversarial training / R-Drop bypass the loss hook that ewc and lwf use; "
                              "set robust.adversarial=none and robust.rdrop_alpha=0 for this stage")
     set_threads(cfg.train.num_threads)

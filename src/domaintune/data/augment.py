@@ -35,7 +35,6 @@ from pathlib import Path
 
 log = logging.getLogger("domaintune")
 
-SUPPORTED_TASKS = ("classification", "multilabel", "regression")
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _UNIT = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _IS_CJK = re.compile(f"[{_CJK}]")
@@ -225,14 +224,13 @@ def augment_training(task, examples: list, cfg) -> list:
     section = cfg.augment
     if not section.enabled:
         return examples
-    if task.name not in SUPPORTED_TASKS:
+    if not task.augmentable:  # declared by the task, with its reason (tasks/base.py)
         from domaintune.config import ConfigError
+        from domaintune.tasks import task_names_where
 
-        why = {"ner": "its labels belong to token positions, which word and character edits move",
-               "pair": "its label is the relation between two texts, which edits can change",
-               "retrieval": "its training pairs are matched question/answer texts"}.get(task.name, "it is not supported")
-        raise ConfigError(f"augment.enabled is true but task {task.name!r} cannot be augmented: {why}; "
-                          f"set augment.enabled: false (augmentation works for {', '.join(SUPPORTED_TASKS)})")
+        raise ConfigError(f"augment.enabled is true but task {task.name!r} cannot be augmented: "
+                          f"{task.not_augmentable_reason}; set augment.enabled: false (augmentation works for "
+                          f"{', '.join(task_names_where(lambda t: t.augmentable))})")
     out = augment_examples(examples, section, cfg.train.seed)
     log.info("augment: %d copies added to %d training examples (swap %s, delete %s, insert %s, char_noise %s, "
              "replace %s, lexicon %s)", len(out) - len(examples), len(examples), section.swap, section.delete,

@@ -149,15 +149,14 @@ def apply_k_shot(train: list[Example], k: int, seed: int, task) -> tuple[list[Ex
     """`data.k_shot`: k training examples per class (domaintune.data.kshot); the warning says what was kept."""
     from domaintune.data.kshot import sample_k_shot, sample_k_shot_multilabel
 
-    name = getattr(task, "name", "")
-    if name == "multilabel":
+    classes = task.k_shot_classes  # declared by the task (tasks/base.py); pair: decided by its labels
+    if classes == "label_set":
         sample = sample_k_shot_multilabel(train, k, seed, task.label_set)
-    elif name == "classification" or (name == "pair" and getattr(task, "mode", None) == "classification"):
+    elif classes == "label":
         sample = sample_k_shot(train, k, seed, lambda ex: ex.label)
     else:
-        what = "pair scoring (numeric labels)" if name == "pair" else f"task {name!r}"
-        raise DataError([Problem("<config>", None, f"data.k_shot={k} samples k examples per class, but {what} has no "
-                                 "classes to sample by",
+        raise DataError([Problem("<config>", None, f"data.k_shot={k} samples k examples per class, but "
+                                 f"{task.described_as} has no classes to sample by",
                                  "remove data.k_shot (it applies to classification, multilabel and pair "
                                  "classification), or subsample the training file yourself")])
     return sample.examples, Problem(train[0].source if train else "<config>", None, sample.summary(), warning=True)

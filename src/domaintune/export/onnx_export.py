@@ -78,7 +78,7 @@ def exportable_model(model: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
 def trace_inputs(predictor) -> dict[str, torch.Tensor]:
     """An example batch with every input the task's collate produces (labels dropped)."""
     texts = TRACE_TEXTS
-    if predictor.task.name == "pair":
+    if predictor.task.pair_input is True:  # a task whose every input is (text, text_pair)
         texts = [(TRACE_TEXTS[0], TRACE_TEXTS[1]), (TRACE_TEXTS[1], TRACE_TEXTS[0])]
     examples = predictor.examples(texts)
     n_feats = len((predictor.config.get("data") or {}).get("feature_columns") or ())
@@ -234,6 +234,9 @@ def export_run(run_dir: str | Path, quantize: str | None = "int8", gate: float =
     if quantize not in (None, "int8"):
         raise ExportError(f"--quantize {quantize!r}: only int8 is supported")
     predictor = Predictor(run_dir, backend="torch")
+    if not predictor.task.onnx_exportable:  # declared by the task (tasks/base.py)
+        raise ExportError(f"{run_dir}: task {predictor.task.name!r} does not support ONNX export; serve the run "
+                          f"with the torch backend")
     model = exportable_model(predictor.model, run_dir)
     hf_config = hf_config_of(model)
     out = run_dir / "export"

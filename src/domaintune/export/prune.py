@@ -145,9 +145,11 @@ def prune_run(run_dir: str | Path, keep_layers: int, output: str | Path | None =
     run_dir = Path(run_dir)
     out = Path(output) if output else run_dir.with_name(f"{run_dir.name}-{keep_layers}layers")
     teacher_pred = Predictor(run_dir, backend="torch")
-    if teacher_pred.task.name not in ("classification", "multilabel", "pair", "regression", "ner"):
-        raise PruneError(f"{run_dir}: pruning supports encoder runs (classification, multilabel, pair, regression, "
-                         f"ner), not {teacher_pred.task.name}")
+    if not teacher_pred.task.prunable:  # declared by the task (tasks/base.py)
+        from domaintune.tasks import task_names_where
+
+        supported = ", ".join(task_names_where(lambda t: t.prunable))
+        raise PruneError(f"{run_dir}: pruning supports encoder runs ({supported}), not {teacher_pred.task.name}")
     if (run_dir / "model" / "domaintune_head.json").is_file():
         raise PruneError(f"{run_dir}: a custom-head run (few-shot, zero-shot, ensemble, bi-encoder) cannot be pruned; "
                          f"prune a full or LoRA fine-tuning run")

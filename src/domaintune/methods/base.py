@@ -55,12 +55,16 @@ class FitContext:
 
 
 class Method:
+    """A way of adapting the weights. Which tasks a method supports is decided from the task's declared
+    capabilities (`Task.peft_task_type`, `Task.pooled_head_problem`...) in the method's own module, and
+    what callers need to know about a method is declared here, never read from its name: a new method
+    is its module, its registry line and its test (tests/unit/test_plugin_declarations.py checks)."""
+
     name: str = ""
-    #: Tasks this method supports (None: all).
-    tasks: tuple[str, ...] | None = None
     #: Whether the LP-FT linear-probe head initialisation runs before `prepare` (gradient methods).
     uses_probe_init: bool = True
-    #: Whether the method trains at all (zero-shot does not: no dev early stopping, no checkpoints).
+    #: Whether the method trains at all (zero-shot does not: no dev early stopping, no checkpoints,
+    #: nothing for `tune` to prune; `compare` runs it once instead of once per k).
     trains: bool = True
 
     def configure(self, cfg) -> None:
@@ -94,6 +98,41 @@ class Method:
     def fit(self, model: torch.nn.Module, run: FitContext):
         """Train `model` in place and return a `TrainResult`; default: the gradient Trainer."""
         return run.trainer(model, self).train(resume=run.resume)
+
+    # ---- hooks the gradient Trainer (training/loop.py) calls; the defaults do nothing -------------
+    def extra_loss(self, model: torch.nn.Module, batch: dict, outputs) -> torch.Tensor | None:
+        """A term added to the task loss of each micro-batch (continual learning's EWC penalty and LwF
+        distillation); None: nothing added. Not applied inside robust (adversarial / R-Drop) steps."""
+        return None
+
+    def on_step(self, model: torch.nn.Module, global_step: int) -> None:
+        """After each optimizer step, before the scheduler step and with the gradients still in place
+        (AdaLoRA's rank re-allocation needs them). Default: nothing."""
+
+    def training_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Tensors the method needs to resume exactly that live outside the weights and the optimizer
+        (AdaLoRA's importance scores and rank masks), saved with each checkpoint; {}: none, no file."""
+        return {}
+
+    def load_training_state(self, model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """On `--resume`: restore what `training_state` saved. Default: nothing to restore."""
+
+    # ---- what other commands need to know ------------------------------------------------------
+    def default_search_space(self, cfg) -> dict[str, dict]:
+        """`domaintune tune`'s search space when `tune.space` is empty: the ranges users of the method
+        usually search (HF/PEFT/SetFit recipes); tune later widens them to hold the config's own value.
+        Default: full fine-tuning's (learning rate, batch size, warm-up, weight decay, dropout, epochs)."""
+        t = cfg.train
+        space: dict[str, dict] = {"train.lr": {"low": 1e-5, "high": 3e-4, "log": True},
+                                  "train.batch_size": {"choices": [8, 16, 32]},
+                                  "train.warmup_ratio": {"low": 0.0, "high": 0.2},
+                                  "train.weight_decay": {"low": 0.0, "high": 0.1},
+                                  "train.dropout": {"choices": [None, 0.0, 0.2, 0.3]}}  # None: the pretrained value
+        if t.max_steps is None:  # with max_steps, epochs do not change anything
+            e = t.epochs
+            space["train.epochs"] = ({"low": max(1, round(e / 2)), "high": max(2, round(e * 1.5))}
+                                     if float(e).is_integer() else {"low": max(0.5, e / 2), "high": e * 1.5})
+        return space
 
     def export(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model as it is saved (e.g. unwrapped)."""

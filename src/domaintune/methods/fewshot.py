@@ -66,8 +66,6 @@ from domaintune.training.loop import TrainResult, set_threads
 
 log = logging.getLogger("domaintune")
 
-SUPPORTED_TASKS = ("classification", "multilabel")
-
 
 class PairBudgetSampler:
     """Batches of distinct training indices, `steps` of them, stratified by class; O(n) state.
@@ -229,14 +227,17 @@ def fit_linear_head(model: PooledClassifier, x: np.ndarray, y: np.ndarray, c: fl
 
 class FewShot(Method):
     name = "fewshot"
-    tasks = SUPPORTED_TASKS
     uses_probe_init = False  # the head is fitted after the contrastive body training, not before
 
     def configure(self, cfg) -> None:
+        from domaintune.tasks import get_task, task_names_where
+
         self.cfg = cfg
         self.fs = cfg.fewshot
-        if cfg.task not in SUPPORTED_TASKS:
-            raise ValueError(f"method fewshot supports task {' or '.join(SUPPORTED_TASKS)}, not {cfg.task!r}; "
+        # The model is a classifier head over one text's pooled embedding: the task must declare one.
+        if get_task(cfg.task).pooled_head_problem is None:
+            supported = task_names_where(lambda t: t.pooled_head_problem is not None)
+            raise ValueError(f"method fewshot supports task {' or '.join(supported)}, not {cfg.task!r}; "
                              f"use method: full (or lora) for {cfg.task}")
         from domaintune.training.robust import robust_active
 
@@ -249,9 +250,16 @@ class FewShot(Method):
     def settings(self) -> dict:
         return {"fewshot": self.fs.model_dump(), **getattr(self, "_fit_info", {})}
 
+    def default_search_space(self, cfg) -> dict[str, dict]:
+        """SetFit's knobs: how many pairs, the contrastive learning rate and epochs, the batch size."""
+        return {"fewshot.pair_budget": {"choices": [2000, 5000, 10000, 20000]},
+                "fewshot.contrastive_lr": {"low": 5e-6, "high": 1e-4, "log": True},
+                "fewshot.contrastive_epochs": {"low": 0.5, "high": 2.0},
+                "fewshot.batch_size": {"choices": [8, 16, 32]}}
+
     def build(self, task, model_dir, cfg):
-        problem = "multi_label" if task.name == "multilabel" else "single_label"
-        return build_pooled_classifier(model_dir, len(task.labels), normalize=self.fs.normalize, problem=problem)
+        return build_pooled_classifier(model_dir, len(task.labels), normalize=self.fs.normalize,
+                                       problem=task.pooled_head_problem)
 
     def prepare(self, model, task=None):
         for p in model.parameters():

@@ -32,11 +32,6 @@ log = logging.getLogger("domaintune")
 
 ADAPTER_INFO = "domaintune_adapter.json"
 
-#: Task name -> peft TaskType name. The peft task type picks the PeftModel subclass that
-#: forwards `labels` and adds the task head to `modules_to_save`.
-TASK_TYPES = {"classification": "SEQ_CLS", "multilabel": "SEQ_CLS", "pair": "SEQ_CLS", "regression": "SEQ_CLS",
-              "ner": "TOKEN_CLS"}
-
 #: Model type -> linear layers LoRA/AdaLoRA adapt by default: every attention projection and both
 #: feed-forward layers. Adapting all linear layers (not only query/value, peft's default) closes
 #: most of the gap to full fine-tuning at a few hundred KB more (QLoRA, Dettmers et al. 2023).
@@ -57,7 +52,6 @@ class PeftMethod(Method):
     """One peft tuner; subclasses name it and build its config in `peft_config`."""
 
     name = ""
-    tasks = tuple(TASK_TYPES)
     mergeable = True  # whether `domaintune merge` can fold the adapter into the weights
 
     def configure(self, cfg) -> None:
@@ -67,10 +61,15 @@ class PeftMethod(Method):
 
     # ---- build and wrap -------------------------------------------------------------------
     def build(self, task, model_dir: Path, cfg):
-        if task.name not in TASK_TYPES:
+        # The task's peft TaskType (Task.peft_task_type) picks the PeftModel subclass that forwards
+        # `labels` and adds the task head to `modules_to_save`; None: peft cannot adapt the task.
+        if task.peft_task_type is None:
+            from domaintune.tasks import task_names_where
+
             raise ValueError(f"method {self.name!r} does not support task {task.name!r} (supported: "
-                             f"{', '.join(TASK_TYPES)}); use method: full for {task.name}")
-        self.task_type = TASK_TYPES[task.name]
+                             f"{', '.join(task_names_where(lambda t: t.peft_task_type is not None))}); "
+                             f"use method: full for {task.name}")
+        self.task_type = task.peft_task_type
         self.base_model_dir = Path(model_dir).resolve()
         model = super().build(task, model_dir, cfg)
         _check_wrappable(_inner(model), self.name)
@@ -83,7 +82,7 @@ class PeftMethod(Method):
         from peft import get_peft_model
 
         inner = _inner(model)
-        task_type = getattr(self, "task_type", None) or TASK_TYPES.get(getattr(task, "name", ""), "SEQ_CLS")
+        task_type = getattr(self, "task_type", None) or (task.peft_task_type if task is not None else None) or "SEQ_CLS"
         config = self.peft_config(inner, task_type)
         wrapped = get_peft_model(inner, config)
         if isinstance(model, torch.nn.Module) and model is not inner:  # a loss wrapper (regression with Huber)
@@ -152,6 +151,13 @@ class LoRA(PeftMethod):
     def _settings(self, s):
         return {"r": s.r, "alpha": s.alpha, "dropout": s.dropout}
 
+    def default_search_space(self, cfg) -> dict[str, dict]:
+        """LoRA (and AdaLoRA): a higher learning rate than full fine-tuning, and the adapter's rank, alpha, dropout."""
+        return {"train.lr": {"low": 5e-5, "high": 3e-3, "log": True},
+                "peft.r": {"choices": [4, 8, 16, 32]},
+                "peft.alpha": {"choices": [8, 16, 32, 64]},
+                "peft.dropout": {"low": 0.0, "high": 0.3}}
+
 
 class AdaLoRA(PeftMethod):
     """LoRA whose rank budget is re-allocated during training by importance (Zhang et al. 2023).
@@ -162,6 +168,7 @@ class AdaLoRA(PeftMethod):
     """
 
     name = "adalora"
+    default_search_space = LoRA.default_search_space
 
     def configure(self, cfg) -> None:
         super().configure(cfg)
@@ -263,6 +270,11 @@ class IA3(PeftMethod):
         self._used_targets, self._used_heads = targets, list(common["modules_to_save"])
         return IA3Config(target_modules=targets, feedforward_modules=ff, exclude_modules=EXCLUDE, **common)
 
+    def default_search_space(self, cfg) -> dict[str, dict]:
+        """IA3 has no rank to search: its learning rate (higher than LoRA's) and the batch size."""
+        return {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                "train.batch_size": {"choices": [8, 16, 32]}}
+
 
 class _VirtualTokens(PeftMethod):
     """Prefix and prompt tuning: peft keeps the base model's word embeddings a second time as
@@ -271,6 +283,11 @@ class _VirtualTokens(PeftMethod):
     plain attribute (peft's forward reads it) but is no longer registered as a sub-module."""
 
     mergeable = False
+
+    def default_search_space(self, cfg) -> dict[str, dict]:
+        """Virtual tokens: a much higher learning rate than weight updates, and how many tokens."""
+        return {"train.lr": {"low": 1e-3, "high": 5e-2, "log": True},
+                "peft.num_virtual_tokens": {"choices": [10, 20, 40]}}
 
     def prepare(self, model, task=None):
         model = super().prepare(model, task)
@@ -306,14 +323,13 @@ class PromptTuning(_VirtualTokens):
     """
 
     name = "prompt"
-    # peft's token-classification prompt tuning returns logits for the virtual tokens too, so
-    # they no longer line up with the word labels: NER uses lora, adalora, ia3 or prefix.
-    tasks = tuple(t for t in TASK_TYPES if t != "ner")
 
     def build(self, task, model_dir, cfg):
-        if task.name == "ner":
-            raise ValueError("method prompt does not support task ner (peft's virtual tokens shift the token "
-                             "labels); use method: prefix or lora for NER")
+        # peft's token-classification prompt tuning returns logits for the virtual tokens too, so
+        # they no longer line up with the word labels: token tasks (NER) use lora, adalora, ia3 or prefix.
+        if task.peft_task_type == "TOKEN_CLS":
+            raise ValueError(f"method prompt does not support task {task.name} (peft's virtual tokens shift the token "
+                             f"labels); use method: prefix or lora for {task.name.upper()}")
         return super().build(task, model_dir, cfg)
 
     def peft_config(self, inner, task_type):
@@ -399,16 +415,12 @@ def _resolve_base(info: dict, model_dir: Path) -> Path:
 
 def load_adapter_model(task, model_dir) -> torch.nn.Module:
     """An adapter run's model (base rebuilt from `domaintune_adapter.json` + the adapter), eval mode."""
-    import json
-
     from peft import PeftModel
 
+    from domaintune.models import adapter_info
+
     model_dir = Path(model_dir)
-    info_path = model_dir / ADAPTER_INFO
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    if not info:  # an adapter written by plain peft: its config names the base
-        conf = json.loads((model_dir / "adapter_config.json").read_text(encoding="utf-8"))
-        info = {"base_model_path": conf.get("base_model_name_or_path")}
+    info = adapter_info(model_dir)  # domaintune_adapter.json, else plain peft's adapter_config.json
     if not getattr(task, "labels", None) and info.get("task_state"):
         task.load_state(info["task_state"])
     base = _inner(task.build_model(_resolve_base(info, model_dir)))

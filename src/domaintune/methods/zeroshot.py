@@ -59,15 +59,19 @@ def label_texts(labels: list[str], descriptions: dict[str, str]) -> list[str]:
 
 class ZeroShot(Method):
     name = "zeroshot"
-    tasks = ("classification",)
     uses_probe_init = False
     trains = False
 
     def configure(self, cfg) -> None:
+        from domaintune.tasks import get_task, task_names_where
+
         self.cfg = cfg
         self.zs = cfg.zeroshot
-        if cfg.task not in self.tasks:
-            raise ValueError(f"method zeroshot supports task {self.tasks}, not {cfg.task!r}")
+        # One label per text, chosen among the labels' own texts: a single-label head over one text's
+        # embedding (the embedding variant builds exactly that; the LM variant scores the same choice).
+        if get_task(cfg.task).pooled_head_problem != "single_label":
+            supported = tuple(task_names_where(lambda t: t.pooled_head_problem == "single_label"))
+            raise ValueError(f"method zeroshot supports task {supported}, not {cfg.task!r}")
         from domaintune.training.robust import robust_active
 
         if robust_active(cfg.robust):
@@ -86,6 +90,12 @@ class ZeroShot(Method):
         self._texts: list[str] = []
         self._examples: list[tuple[str, str]] = []
         self._bias: list[float] = []
+
+    def default_search_space(self, cfg) -> dict[str, dict]:
+        from domaintune.tune import TuneError
+
+        raise TuneError("method zeroshot does not train, so it has no default search space; set tune.space in the "
+                        "config (e.g. zeroshot.k_examples: {choices: [0, 2, 4]}) or tune another method")
 
     def settings(self) -> dict:
         common = {"variant": self.zs.variant, "label_texts": self._texts, "trains": False}

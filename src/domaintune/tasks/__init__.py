@@ -7,6 +7,7 @@ heavy dependencies (seqeval, faiss) load only when that task is used.
 from __future__ import annotations
 
 import importlib
+from typing import Any, Callable
 
 from domaintune.tasks.base import EvalContext, Task
 
@@ -29,4 +30,11 @@ def get_task(name: str) -> Task:
     return getattr(importlib.import_module(module), cls)()
 
 
-__all__ = ["TASKS", "EvalContext", "Task", "get_task"]
+def task_names_where(test: Callable[[Task], Any]) -> list[str]:
+    """Names of the registered tasks whose fresh instance passes `test`, in registry order: a message
+    that says which tasks support a feature is built from the tasks' own declarations (it imports
+    every task module, so it is for error paths)."""
+    return [name for name in TASKS if test(get_task(name))]
+
+
+__all__ = ["TASKS", "EvalContext", "Task", "get_task", "task_names_where"]

@@ -3,8 +3,11 @@
 A task owns its data (reading, splitting, label checks), its label space (learnt
 from train, saved as `task.json` in the run directory), its model head,
 encoding and padding, its metrics and its predictions. The trainer, run
-directory, resume, reports, CLI and Predictor call only these methods, so a new
-task is one module plus its test (see peft's `tuners/` for the same idea).
+directory, resume, reports, CLI and Predictor call only these methods, and what
+other commands may do with a task (PEFT, few-shot, k-shot, augmentation,
+ensembles, explanations, pruning, export, continual learning) they read from the
+capabilities it declares below, never from its name; so a new task is one
+module, its registry line and its test (see peft's `tuners/` for the same idea).
 
 Lifecycle in `domaintune.run.train_run`:
 
@@ -57,8 +60,68 @@ class Task(ABC):
     #: the service refuses an input of the other kind instead of silently encoding a segment the model never saw.
     pair_input: bool | None = None
 
+    # ---- capabilities -----------------------------------------------------------------------
+    # What the rest of domaintune may do with a task is read from these members, never from the
+    # task's name: a new task declares each of them in its own module (tests/unit/
+    # test_plugin_declarations.py checks that every registered task does, and that no code outside
+    # `tasks/` compares task names). The base values are the safe "cannot" answers.
+
+    #: What one prediction is: "label" (one class), "labels" (a set of classes), "tags" (labelled
+    #: spans of the text), "value" (a number), "ranking" (entries of an index, best first; what
+    #: `domaintune index` needs), or a new kind for a new task. No default: every task says it.
+    output_kind: str
+    #: How the model's logits become the prediction's scores: "softmax" (over classes, per text or
+    #: per token), "sigmoid" (one independent probability per class) or "identity" (the logit is the
+    #: value). Ensembles average members with it and explanations attribute the score it gives;
+    #: None: the output is not a score per input (retrieval's ranking), so neither applies.
+    output_activation: str | None = None
+    #: Why token attributions (`domaintune explain`) cannot explain this task's predictions even though
+    #: it has an `output_activation` (NER: its predictions are already per token); None: they can.
+    explain_refusal: str | None = None
+    #: The peft `TaskType` name (e.g. "SEQ_CLS", "TOKEN_CLS") that makes a PeftModel forward this task's
+    #: `labels` and train and save its head; None: the PEFT methods (lora, adalora, ia3, prefix, prompt)
+    #: do not support the task.
+    peft_task_type: str | None = None
+    #: Problem type of a classifier head over one text's mean-pooled embedding ("single_label" or
+    #: "multi_label"), the model few-shot and zero-shot build; None: such a head cannot do the task.
+    pooled_head_problem: str | None = None
+    #: How `data.k_shot` counts "k examples per class": "label" (each example's one label), "label_set"
+    #: (multi-label: k examples per label present, via `label_set`), None: the task has no classes to
+    #: sample by, and k_shot is refused.
+    k_shot_classes: str | None = None
+    #: Whether offline augmentation (`augment.enabled`: word/character edits of the text) keeps labels
+    #: true; when not, `not_augmentable_reason` says why, in the refusal message.
+    augmentable: bool = False
+    not_augmentable_reason: str = "it is not supported"
+    #: Whether `domaintune prune` (drop encoder layers, re-fine-tune) applies: a stack of encoder layers
+    #: under a head that `train_run` can re-fine-tune from a saved model folder.
+    prunable: bool = False
+    #: Whether `domaintune export` can trace the model to ONNX: one forward pass from the collated
+    #: batch to `logits`, which the ONNX session reproduces (a generator's decoding loop is not).
+    onnx_exportable: bool = False
+    #: Whether a run without labels in task.json (written before task.json existed) takes its label
+    #: list from the model config's `id2label`: right only when the head's classes are the label list.
+    labels_from_model_config: bool = False
+    #: Whether `domaintune continue` can add a stage to a run of this task: it reloads the plain Hugging
+    #: Face model and grows its single-label softmax head for new classes.
+    supports_continual: bool = False
+
     def __init__(self) -> None:
         self.labels: list[str] = []
+
+    @property
+    def described_as(self) -> str:
+        """How messages name this task (`task 'ner'`); a task whose abilities depend on its data
+        names the variant it turned out to be (pair: `pair scoring (numeric labels)`)."""
+        return f"task {self.name!r}"
+
+    def value_from_output(self, output: float) -> float:
+        """The predicted value for a raw model output of an "identity" task (regression un-standardises it)."""
+        return float(output)
+
+    def attach(self, run_dir: Path) -> None:
+        """Called by the Predictor with the run directory, for tasks with side files there (the
+        retrieval task's FAQ index). Default: nothing to attach."""
 
     # ---- data -------------------------------------------------------------------------
     def read(self, path: str | Path, data_cfg, problems: list[Problem]) -> list[Example]:

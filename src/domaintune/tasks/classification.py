@@ -75,6 +75,18 @@ class ClassificationTask(Task):
     default_metric = "macro_f1"
     headline = ("accuracy", "macro_f1", "weighted_f1")
     supports_probe_init = True
+    pair_input = None  # a run trained with data.text_pair_column classifies (text, text_pair) pairs
+    output_kind = "label"
+    output_activation = "softmax"
+    explain_refusal = None
+    peft_task_type = "SEQ_CLS"
+    pooled_head_problem = "single_label"
+    k_shot_classes = "label"
+    augmentable = True  # word/character edits rarely change what a text is about
+    prunable = True
+    onnx_exportable = True
+    labels_from_model_config = True  # the head's classes are the label list (config.id2label)
+    supports_continual = True
     #: dtype of the `labels` tensor: class ids for cross-entropy (multi-label overrides with floats for BCE).
     label_dtype = torch.long
     #: Out-of-scope label (data.oos_label) and the tuned abstain threshold; class-level

@@ -116,6 +116,17 @@ class MultiLabelTask(ClassificationTask):
     headline = ("micro_f1", "macro_f1", "subset_accuracy")
     supports_probe_init = False  # the LP-FT probe fits a softmax head; a sigmoid head starts at random
     label_dtype = torch.float32  # BCE wants multi-hot floats
+    output_kind = "labels"
+    output_activation = "sigmoid"
+    explain_refusal = None
+    peft_task_type = "SEQ_CLS"
+    pooled_head_problem = "multi_label"
+    k_shot_classes = "label_set"
+    augmentable = True
+    prunable = True
+    onnx_exportable = True
+    labels_from_model_config = False  # task.json has always held a multi-label run's labels and thresholds
+    supports_continual = False  # continual learning grows a softmax head
 
     def __init__(self) -> None:
         super().__init__()

@@ -92,6 +92,19 @@ class NerTask(Task):
     headline = ("f1", "precision", "recall", "token_accuracy")
     supports_probe_init = False
     pair_input = False  # tags one text; as_example refuses (text, text_pair)
+    output_kind = "tags"
+    output_activation = "softmax"  # per token: an ensemble averages each token's tag probabilities
+    explain_refusal = ("per-token explanations of NER are not supported: an NER prediction is already per token; "
+                       "use the tagged spans (`entities`, with start/end offsets) that `domaintune predict` returns")
+    peft_task_type = "TOKEN_CLS"
+    pooled_head_problem = None  # tags belong to tokens, not to a pooled text embedding
+    k_shot_classes = None  # a sentence holds several entity types: there is no one class per example
+    augmentable = False
+    not_augmentable_reason = "its labels belong to token positions, which word and character edits move"
+    prunable = True
+    onnx_exportable = True
+    labels_from_model_config = False
+    supports_continual = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -121,6 +121,42 @@ class PairTask(Task):
     def auto_class(self):  # type: ignore[override]
         return self._need().auto_class
 
+    # ---- capabilities (tasks/base.py): some follow the mode the training labels chose
+    peft_task_type = "SEQ_CLS"  # either mode is a sequence classification head over the pair
+    pooled_head_problem = None  # a pooled head sees one text; the pair needs both in one input
+    augmentable = False
+    not_augmentable_reason = "its label is the relation between two texts, which edits can change"
+    prunable = True
+    onnx_exportable = True
+    labels_from_model_config = False
+    supports_continual = False
+
+    @property
+    def output_kind(self) -> str:  # type: ignore[override]
+        return "value" if self.mode == "scoring" else "label"
+
+    @property
+    def output_activation(self) -> str:  # type: ignore[override]
+        return "identity" if self.mode == "scoring" else "softmax"
+
+    @property
+    def explain_refusal(self) -> str | None:  # type: ignore[override]
+        if self.encoder_kind == "bi":
+            return ("explanations need a cross-encoder pair run (both texts in one input); this run is a "
+                    "bi-encoder, which compares two separately encoded texts")
+        return None
+
+    @property
+    def k_shot_classes(self) -> str | None:  # type: ignore[override]
+        return "label" if self.mode == "classification" else None
+
+    @property
+    def described_as(self) -> str:
+        return "pair classification" if self.mode == "classification" else "pair scoring (numeric labels)"
+
+    def value_from_output(self, output: float) -> float:
+        return self.inner.value_from_output(output) if self.inner is not None else float(output)
+
     def configure(self, cfg) -> None:
         self._loss_cfg = cfg
         self.symmetric = bool(getattr(getattr(cfg, "data", None), "symmetric_pairs", False))

@@ -68,7 +68,10 @@ class BiEncoderScorer(nn.Module):
 
 
 class BiScoringTask(RegressionTask):
-    """`RegressionTask` over (text, text_pair) with a bi-encoder model instead of a cross-encoder."""
+    """`RegressionTask` over (text, text_pair) with a bi-encoder model instead of a cross-encoder.
+
+    Never registered on its own: `PairTask` wraps it and declares the capabilities (tasks/base.py),
+    including the bi-encoder's refusal of token explanations (`PairTask.explain_refusal`)."""
 
     supports_probe_init = False
 

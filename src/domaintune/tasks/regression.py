@@ -176,6 +176,18 @@ class RegressionTask(Task):
     default_metric = "spearman"
     headline = ("mae", "rmse", "r2", "pearson", "spearman")
     supports_probe_init = False
+    pair_input = None  # a run trained with data.text_pair_column scores (text, text_pair) pairs
+    output_kind = "value"
+    output_activation = "identity"  # the (standardised) value itself; see value_from_output
+    explain_refusal = None
+    peft_task_type = "SEQ_CLS"  # a one-output sequence classification head
+    pooled_head_problem = None
+    k_shot_classes = None  # numbers are not classes
+    augmentable = True  # a score of the text's content survives small edits as a class does
+    prunable = True
+    onnx_exportable = True
+    labels_from_model_config = False
+    supports_continual = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -251,6 +263,10 @@ class RegressionTask(Task):
         self.feature_columns = list(state.get("feature_columns") or [])
         scaling = state.get("feature_scaling") or {}
         self.feature_mean, self.feature_std = list(scaling.get("mean") or []), list(scaling.get("std") or [])
+
+    def value_from_output(self, output: float) -> float:
+        """The model outputs the standardised target (MODEL_OUTPUT_NOTE): un-standardise it."""
+        return float(output) * float(self.target_std) + float(self.target_mean)
 
     def targets(self, examples: Sequence[Example]) -> list[float]:
         """Standardised targets (what the model is trained to output)."""

@@ -126,6 +126,18 @@ class RetrievalTask(Task):
     supports_probe_init = False
     #: Prediction input is the query alone: data.text_pair_column names the training positive, not an input column.
     pair_input = False
+    output_kind = "ranking"  # FAQ entries, best first; `domaintune index` embeds the FAQ with embed_texts
+    output_activation = None  # similarities between two embeddings, not a score per input
+    explain_refusal = None
+    peft_task_type = None  # a bi-encoder without a task head: no peft TaskType forwards its in-batch loss
+    pooled_head_problem = None
+    k_shot_classes = None
+    augmentable = False
+    not_augmentable_reason = "its training pairs are matched question/answer texts"
+    prunable = False
+    onnx_exportable = True
+    labels_from_model_config = False
+    supports_continual = False
 
     def __init__(self) -> None:
         super().__init__()

@@ -120,14 +120,9 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.has_dev = has_dev
         self.robust = robust  # RobustSection (adversarial training, R-Drop) or None
-        self.on_step = getattr(method, "on_step", None)  # method hook after each optimizer step
-        # method hook: extra_loss(model, batch, outputs) -> tensor added to the task loss (continual
-        # learning's EWC penalty and LwF distillation); not applied inside robust steps.
-        self.extra_loss = getattr(method, "extra_loss", None)
-        # method hooks: training_state(model) -> {name: tensor} saved with each checkpoint, and
-        # load_training_state(model, tensors) on resume (state that lives outside the weights and optimizer)
-        self.method_state = getattr(method, "training_state", None)
-        self.load_method_state = getattr(method, "load_training_state", None)
+        # The method's hooks (declared on domaintune.methods.base.Method, no-ops there): extra_loss after
+        # each forward pass (not inside robust steps), on_step after each optimizer step, training_state
+        # with each checkpoint and load_training_state on resume.
         self.on_evaluate = on_evaluate  # callback(step, metrics) after each dev evaluation (tune: pruning)
         self.ckpt = CheckpointManager(self.run_dir)
 
@@ -164,8 +159,8 @@ class Trainer:
                 scheduler.load_state_dict(extra["scheduler"])
                 set_rng_state(extra["rng"])
                 saved = CheckpointManager.load_method_state(latest)
-                if saved is not None and self.load_method_state is not None:
-                    self.load_method_state(self.model, saved)
+                if saved is not None:
+                    self.method.load_training_state(self.model, saved)
                 log.info("resumed from %s (step %d, epoch %d)", latest.name, state["global_step"], state["epoch"])
 
         from domaintune.training.robust import make_robust_step
@@ -192,16 +187,16 @@ class Trainer:
                         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                             outputs = self.model(**batch)
                             loss = outputs.loss
-                            if self.extra_loss is not None:
-                                loss = loss + self.extra_loss(self.model, batch, outputs)
+                            extra = self.method.extra_loss(self.model, batch, outputs)
+                            if extra is not None:  # continual learning's EWC penalty, LwF distillation
+                                loss = loss + extra
                         # Weight by batch size so a short last batch counts as much as its examples.
                         (loss * (len(b) / n_group)).backward()
                         window_loss += loss.item() * len(b) / n_group
                     if cfg.max_grad_norm:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
                     optimizer.step()
-                    if self.on_step is not None:  # e.g. AdaLoRA's rank re-allocation, which needs the gradients
-                        self.on_step(self.model, state["global_step"] + 1)
+                    self.method.on_step(self.model, state["global_step"] + 1)  # e.g. AdaLoRA's rank re-allocation
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     micro += len(group)
@@ -247,7 +242,7 @@ class Trainer:
                     if should_eval or (cfg.save_every_steps and step % cfg.save_every_steps == 0) or done:
                         state["train_seconds"] = time.perf_counter() - t_start
                         self.ckpt.save_latest(self.model, optimizer, scheduler, state,
-                                              self.method_state(self.model) if self.method_state else None)
+                                              self.method.training_state(self.model) or None)
                         if not self.has_dev:
                             self.ckpt.save_best(self.model, {"step": step})
                             state["best_step"] = step
