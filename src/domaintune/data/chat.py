@@ -31,7 +31,7 @@ from typing import Any
 
 from domaintune.data import excel
 from domaintune.data.readers import (Problem, ReadOptions, _cell, _column_index, _decode_lines, _not_text,
-                                     _rows_delimited, _sheet_rows, detect_format, json_objects)
+                                     _rows_delimited, _sheet_rows, detect_format, json_objects, table_header)
 from domaintune.data.splits import DataError
 
 ROLES = ("system", "user", "assistant")
@@ -157,18 +157,11 @@ def _row_conversation(prompt, response, context, name: str, line: int, opts: Cha
 def _table(rows: list, name: str, opts: ChatReadOptions, problems: list[Problem],
            sheet: str | None = None) -> list[Conversation]:
     """Conversations from the `(line, fields)` records of a CSV/TSV, or the `(Excel row, values)` of a sheet."""
-    rows = [(ln, r) for ln, r in rows if r and any(excel.filled(c) for c in r)]
-    if not rows:
-        problems.append(Problem(name, None, "file has no rows" if sheet is None else f"sheet {sheet!r} has no rows",
-                                "check the path and data.format"))
+    table = table_header(rows, name, opts.has_header, problems, sheet)
+    if table is None:
         return []
+    header_line, header, rows = table
     n_header = len(problems)
-    if opts.has_header:
-        header_line = rows[0][0]
-        header = [str(h).strip() if h is not None else "" for h in rows[0][1]]
-        rows = rows[1:]
-    else:
-        header_line, header = 1, [str(i) for i in range(max(len(r) for _, r in rows))]
     # _column_index names the columns that exist and suggests a close match ("did you mean 'answer'?").
     pi = _column_index(header, opts.prompt_column, "prompt", name, problems)
     ri = _column_index(header, opts.response_column, "response", name, problems)

@@ -320,25 +320,33 @@ def read_examples(path: str | Path, opts: ReadOptions, problems: list[Problem]) 
     return _table_examples(rows, name, opts, fmt, problems, sheet)
 
 
-def _table_examples(rows: list, name: str, opts: ReadOptions, fmt: str, problems: list[Problem],
-                    sheet: str | None = None) -> list[Example]:
-    """Examples from the `(line, fields)` rows of a CSV/TSV, or the `(Excel row, values)` rows of a `sheet`."""
+def table_header(rows: list, name: str, has_header: bool, problems: list[Problem],
+                 sheet: str | None = None) -> tuple[int, list[str], list] | None:
+    """(header line, column names, data rows) of a table's `(line, fields)` rows, blank rows left out.
+
+    Without a header the columns are named "0", "1", ... by the most common row width. None, with a problem
+    added, when the file or sheet has no rows. Shared by every table reader (examples and conversations)."""
     rows = [(ln, r) for ln, r in rows if r and any(excel.filled(c) for c in r)]
-    where = {"sheet": sheet} if sheet is not None else None
     if not rows:
         problems.append(Problem(name, None, "file has no rows" if sheet is None else f"sheet {sheet!r} has no rows",
                                 "check the path and data.format" if sheet is None
                                 else "fill in the sheet, or name another one after '#' (book.xlsx#Sheet2)"))
+        return None
+    if has_header:
+        return rows[0][0], [str(h).strip() if h is not None else "" for h in rows[0][1]], rows[1:]
+    width = Counter(len(r) for _, r in rows).most_common(1)[0][0]
+    return 1, [str(i) for i in range(width)], rows
+
+
+def _table_examples(rows: list, name: str, opts: ReadOptions, fmt: str, problems: list[Problem],
+                    sheet: str | None = None) -> list[Example]:
+    """Examples from the `(line, fields)` rows of a CSV/TSV, or the `(Excel row, values)` rows of a `sheet`."""
+    where = {"sheet": sheet} if sheet is not None else None
+    table = table_header(rows, name, opts.has_header, problems, sheet)
+    if table is None:
         return []
+    header_line, header, rows = table
     n_header = len(problems)
-    if opts.has_header:
-        header_line = rows[0][0]
-        header = [str(h).strip() if h is not None else "" for h in rows[0][1]]
-        rows = rows[1:]
-    else:
-        header_line = 1
-        width = Counter(len(r) for _, r in rows).most_common(1)[0][0]
-        header = [str(i) for i in range(width)]
     ti = _column_index(header, opts.text_column, "text", name, problems)
     li = _column_index(header, opts.label_column, "label", name, problems) if opts.label_column is not None else None
     pi = _column_index(header, opts.text_pair_column, "text_pair", name, problems) if opts.text_pair_column is not None else None
