@@ -71,7 +71,8 @@ def register(app) -> None:
                                  docs=docs)
         try:
             base.console.print(f"serving {', '.join([str(r) for r in run_dirs or []] + list(registry))} on "
-                               f"http://{host}:{port} ({'docs: /docs, ' if docs else ''}OpenAPI: /openapi.json, metrics: /metrics)")
+                               f"http://{host}:{port} ({'docs: /docs, ' if docs else ''}OpenAPI: /openapi.json, "
+                               f"metrics: /metrics)")
             run_server(run_dirs or [], host=host, port=port, names=name or None, settings=settings, keys_db=keys_db,
                        audit_db=audit_db, graceful_seconds=graceful_seconds,
                        log_level="info" if verbose else "warning", alerts=alerts, alerts_db=alerts_db,
