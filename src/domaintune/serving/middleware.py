@@ -99,14 +99,15 @@ class RequestObserver:
             self._audit(scope, code, t0, durable=False)
         self._count(scope, code, t0)
 
-    def _labels(self, scope) -> tuple[str, str, str | None]:
-        endpoint, model, matched = _route_of(scope)
-        if model is not None:
-            return endpoint, (model if model in self.models else "_unknown"), model
-        return endpoint, "_service", None
+    def _labels(self, scope) -> tuple[str, str]:
+        """(endpoint, model) labels: a route name, and a served model's name, `_unknown` or `_service`."""
+        endpoint, model, _ = _route_of(scope)
+        if model is None:
+            return endpoint, "_service"
+        return endpoint, (model if model in self.models else "_unknown")
 
     def _count(self, scope, code: int, t0: float) -> None:
-        endpoint, model, _ = self._labels(scope)
+        endpoint, model = self._labels(scope)
         code_s = str(code)
         self.metrics.requests.labels(model, endpoint, code_s).inc()
         if code >= 400:
@@ -116,9 +117,9 @@ class RequestObserver:
     def _row(self, scope, code: int, t0: float) -> dict | None:
         if self.audit is None or not _audited(scope, code):
             return None
-        endpoint, label, raw_model = self._labels(scope)
+        endpoint, label = self._labels(scope)
         fields = dict((scope.get("state") or {}).get(AUDIT_STATE) or {})
-        model = fields.pop("model", None) or (raw_model if label != "_unknown" else "_unknown") or "_service"
+        model = fields.pop("model", None) or label  # an unknown model's name (user text) is never stored
         inputs = fields.pop("inputs", None) or []
         return {"key_name": fields.pop("key_name", None), "model": model, "version": fields.pop("version", None),
                 "endpoint": endpoint[:16], "inputs": [str(x) for x in inputs], "output": fields.pop("output", None),

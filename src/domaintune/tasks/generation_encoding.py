@@ -242,18 +242,22 @@ def encode_conversations(tokenizer, conversations: Sequence, max_length: int, ch
     return out, stats
 
 
+def _right_pad(seqs: Sequence[Sequence[int]], fill: int, width: int) -> torch.Tensor:
+    """(len(seqs), width) long tensor, each row `seq` then `fill`."""
+    out = torch.full((len(seqs), width), fill, dtype=torch.long)
+    for r, seq in enumerate(seqs):
+        out[r, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
 def collate(examples: Sequence[EncodedExample], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch of unpacked examples. Padding is found by length, never by token id: the pad token
     is often the end-of-turn token itself (SmolLM2's pad is <|im_end|>), which must keep its label."""
     width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for r, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[r, :n] = torch.tensor(e.input_ids)
-        labels[r, :n] = torch.tensor(e.labels)
-        mask[r, :n] = 1
+    ids = _right_pad([e.input_ids for e in examples], pad_token_id, width)
+    labels = _right_pad([e.labels for e in examples], IGNORE_INDEX, width)
+    lengths = torch.tensor([len(e.input_ids) for e in examples])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -329,14 +333,10 @@ def collate_packed(rows: Sequence[PackedRow], pad_token_id: int, model_config, m
     if mask not in ("4d", "position_ids"):
         raise ValueError(f"mask must be '4d' or 'position_ids', not {mask!r}")
     width = max(len(r.input_ids) for r in rows)
-    ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    pos = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, row in enumerate(rows):
-        n = len(row.input_ids)
-        ids[r, :n], labels[r, :n] = torch.tensor(row.input_ids), torch.tensor(row.labels)
-        pos[r, :n] = torch.tensor(row.position_ids)
-        pos[r, n:] = torch.arange(width - n)  # padding restarts too: a block of its own
+    ids = _right_pad([r.input_ids for r in rows], pad_token_id, width)
+    labels = _right_pad([r.labels for r in rows], IGNORE_INDEX, width)
+    # padding restarts the positions too: a block of its own
+    pos = _right_pad([list(r.position_ids) + list(range(width - len(r.input_ids))) for r in rows], 0, width)
     batch: dict[str, Any] = {"input_ids": ids, "labels": labels, "position_ids": pos}
     if mask == "position_ids":
         return batch
