@@ -45,13 +45,18 @@ class DataConfig(_Strict):
     tag_scheme: Literal["auto", "BIO", "BIOES", "BMES"] = Field("auto", description="NER tag scheme of the files; `auto` detects it. Reports use the same scheme.")
     oos_label: str | None = Field(None, description="Label that marks out-of-scope examples (e.g. `oos`); tunes an abstain threshold on dev.")
     faq: str | None = Field(None, description="FAQ file (question, answer, optional id) that `task: retrieval` searches.")
+    prompt_column: str | int = Field("prompt", description="`task: generation`: column holding the user's request (a chat JSONL file with `messages` needs no columns).")
+    response_column: str | int = Field("response", description="`task: generation`: column holding the reply to learn.")
+    context_column: str | int | None = Field(None, description="`task: generation`: optional column put before the prompt in the same user turn (dialogue history, a log excerpt).")
+    system_prompt: str | None = Field(None, description="`task: generation`: a system message added to every conversation that has none.")
+    chat_template: str | None = Field(None, description="`task: generation`: Jinja chat template; empty uses the model's own, or ChatML headers ended by the EOS token when it has none; `default` forces that one.")
     k_shot: int | None = Field(None, ge=1, description="Train on only k examples per class (seeded sample of train; few-shot experiments); empty uses all.")
     dev_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as dev when `dev` is empty (stratified, seeded).")
     test_fraction: float = Field(0.1, ge=0.0, lt=0.5, description="Share of train held out as test when `test` is empty (stratified, seeded).")
 
 
-from domaintune.config_methods import (AugmentSection, FewShotSection, FreezeSection, LabelsSection,  # noqa: E402
-                                       PeftSection, PretrainSection, RobustSection, TuneSection, ZeroShotSection)
+from domaintune.config_methods import (AugmentSection, FewShotSection, FreezeSection, GenerationSection,  # noqa: E402
+                                       LabelsSection, PeftSection, PretrainSection, RobustSection, TuneSection, ZeroShotSection)
 
 
 class TrainConfig(_Strict):
@@ -82,7 +87,7 @@ class TrainConfig(_Strict):
 
 
 class RunConfig(_Strict):
-    task: str = Field("classification", description="Task type: classification, multilabel, ner, regression, pair, retrieval.")
+    task: str = Field("classification", description="Task type: classification, multilabel, ner, regression, pair, retrieval, generation.")
     method: str = Field("full", description="How weights adapt: full (fine-tune all weights).")
     model: str = Field("minilm-l6", description="Catalog name (see `domaintune models`) or a local Hugging Face folder.")
     output_dir: str = Field("runs/default", description="Run directory to write; an existing finished run is not overwritten without --overwrite.")
@@ -98,6 +103,7 @@ class RunConfig(_Strict):
     robust: RobustSection = Field(default_factory=RobustSection, description="Adversarial training and R-Drop.")
     tune: TuneSection = Field(default_factory=TuneSection, description="Hyper-parameter search (`domaintune tune`).")
     pretrain: PretrainSection = Field(default_factory=PretrainSection, description="Domain-adaptive masked-LM pre-training (`domaintune pretrain`).")
+    generation: GenerationSection = Field(default_factory=GenerationSection, description="`task: generation`: packing, decoding and evaluation of the generated replies.")
 
     @field_validator("task")
     @classmethod
@@ -121,7 +127,8 @@ class RunConfig(_Strict):
 SECTIONS: dict[str, type[BaseModel]] = {"": RunConfig, "data": DataConfig, "train": TrainConfig, "peft": PeftSection,
                                         "freeze": FreezeSection, "fewshot": FewShotSection, "zeroshot": ZeroShotSection,
                                         "labels": LabelsSection, "augment": AugmentSection, "robust": RobustSection,
-                                        "tune": TuneSection, "pretrain": PretrainSection}
+                                        "tune": TuneSection, "pretrain": PretrainSection,
+                                        "generation": GenerationSection}
 
 
 def _fields_of(path: tuple[str | int, ...]) -> list[str]:

@@ -97,3 +97,19 @@ class PretrainSection(_Strict):
     whole_word_mask: bool = Field(False, description="Mask whole words (Chinese: characters are words) instead of single sub-tokens.")
     dev_fraction: float = Field(0.02, ge=0, lt=0.5, description="Share of the texts held out to score masked-LM loss (selects the best checkpoint; 0 disables).")
     max_dev_texts: int = Field(1000, ge=1, description="Cap on held-out texts, so evaluation stays cheap on large corpora.")
+
+
+class GenerationSection(_Strict):
+    packing: bool = Field(False, description="Pack each batch's conversations into rows of train.max_length (no attention across examples): fewer padded tokens on short data.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass: less memory for long texts, about a third more time.")
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Longest reply generated in evaluation and by default in `predict`/`serve`.")
+    temperature: float = Field(0.0, ge=0, description="0 decodes greedily (reproducible evaluation); above 0 samples.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (with temperature > 0).")
+    top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0: off).")
+    repetition_penalty: float = Field(1.0, gt=0, description="Penalty on tokens already generated (1.0: off).")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a reply (cut from the text); the end-of-turn token always does.")
+    eval_examples: int | None = Field(200, ge=1, description="Test rows generated for the report (the first N, the same rows for every baseline); empty generates all.")
+    eval_batch_size: int = Field(8, ge=1, description="Prompts generated together in evaluation (sorted by length, left-padded).")
+    context_tokens: int = Field(2048, ge=16, description="Prompt + reply token cap when generating (the model's own limit applies too).")
+    nearest_neighbour_model: str | None = Field(None, description="Embedding model of the nearest-neighbour baseline; empty: minilm-l6 for English, m3e-small for Chinese (research-only licence).")
+    report_samples: int = Field(8, ge=0, description="Rows of the report's table of sample outputs (prompt, reference, generated).")

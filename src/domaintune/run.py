@@ -123,7 +123,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     parts = {"train": augment_training(task, task.training_examples(splits.train), cfg), "dev": splits.dev, "test": splits.test}
-    feats = {name: task.encode(tokenizer, part, cfg.train.max_length) if part else [] for name, part in parts.items()}
+    feats = {name: task.encode_split(name, tokenizer, part, cfg.train.max_length) if part else []
+             for name, part in parts.items()}
 
     seed_everything(cfg.train.seed)
     model = method.build(task, model_dir, cfg)
@@ -151,8 +152,8 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
     calibration = task.calibrate(model, splits.dev, feats["dev"], ctx(False)) if splits.dev else {}
     atomic_write_json(run_dir / "task.json", task.state())
     # Final scores in fp32, exactly as the saved model predicts with plain transformers.
-    dev_metrics = task.evaluate(model, splits.dev, feats["dev"], ctx(False)) if splits.dev else {}
-    test_metrics = task.evaluate(model, splits.test, feats["test"], ctx(False)) if splits.test else {}
+    dev_metrics = task.evaluate_final(model, splits.dev, feats["dev"], ctx(False), "dev") if splits.dev else {}
+    test_metrics = task.evaluate_final(model, splits.test, feats["test"], ctx(False), "test") if splits.test else {}
 
     atomic_dir(run_dir / "model", lambda tmp: method.save(model, task, tokenizer, tmp))
 
@@ -173,7 +174,7 @@ def train_run(cfg: RunConfig, overwrite: bool = False, resume: bool = False, spl
         "labels": list(task.labels), "metric_for_best": metric_for_best, "headline": list(task.headline),
         "data": {"train_examples": len(splits.train), "trained_on_examples": len(parts["train"]), "dev_examples": len(splits.dev), "test_examples": len(splits.test),
                  "dev_from_train": splits.dev_from_train, "test_from_train": splits.test_from_train,
-                 "warnings": [str(w) for w in splits.warnings]},
+                 "warnings": [str(w) for w in splits.warnings], **task.data_summary()},
         "train": {"seconds": round(result.seconds + probe_seconds, 3), "samples_per_second": round(result.samples_per_second, 2),
                   "head_init": cfg.train.head_init if probe is not None else "random",
                   "head_init_seconds": round(probe_seconds, 2), "probe": probe,

@@ -43,6 +43,10 @@ LORA_TARGETS: dict[str, list[str]] = {
     "deberta": ["in_proj", "dense"],
     "mpnet": ["q", "k", "v", "o", "dense"],
     "albert": ["query", "key", "value", "dense", "ffn", "ffn_output"],
+    # causal LMs: every attention projection and the gated feed-forward (QLoRA's "all linear layers")
+    **{t: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "phi3", "olmo2")},
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
 }
 #: Never adapted by LoRA/IA3: the pooler is trained in full through modules_to_save instead.
 EXCLUDE = ["pooler.dense"]
@@ -92,7 +96,10 @@ class PeftMethod(Method):
 
     def _common(self, inner, task_type: str) -> dict:
         """task type and the head modules every tuner trains in full and saves."""
-        return {"task_type": task_type, "modules_to_save": head_modules(inner)}
+        # A causal LM's head is its (usually tied) LM head: adapted through the LoRA updates of the layers
+        # below it, never trained and saved in full (that would be a 28M-parameter copy of the embeddings).
+        heads = [] if task_type == "CAUSAL_LM" else head_modules(inner)
+        return {"task_type": task_type, "modules_to_save": heads}
 
     def _targets(self, inner) -> list[str]:
         if self.section.target_modules:

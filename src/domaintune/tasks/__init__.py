@@ -18,6 +18,7 @@ TASKS: dict[str, str] = {
     "regression": "domaintune.tasks.regression:RegressionTask",
     "pair": "domaintune.tasks.pair:PairTask",
     "retrieval": "domaintune.tasks.retrieval:RetrievalTask",
+    "generation": "domaintune.tasks.generation:GenerationTask",
 }
 
 

@@ -182,6 +182,15 @@ class Task(ABC):
     def encode(self, tokenizer, examples: Sequence[Example], max_length: int, with_targets: bool = True) -> list[dict]:
         """One dict per example: `input_ids` (list[int]) and, with targets, `labels`."""
 
+    def encode_split(self, split: str, tokenizer, examples: Sequence[Example], max_length: int) -> list[dict]:
+        """Encode one split of a training run ("train", "dev", "test"); a task that reports what encoding did
+        to each split (generation: conversations shortened or left out) overrides it. Default: `encode`."""
+        return self.encode(tokenizer, examples, max_length)
+
+    def data_summary(self) -> dict:
+        """Task-specific facts about the data for metrics.json's `data` (e.g. per-split encoding stats)."""
+        return {}
+
     @abstractmethod
     def collate(self, features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         """Pad a batch to its longest member; include `labels` only when the features have them."""
@@ -190,6 +199,13 @@ class Task(ABC):
     @abstractmethod
     def evaluate(self, model, examples: Sequence[Example], features: list[dict], ctx: EvalContext) -> dict:
         """Scores for one split; must contain the metric named by metric_for_best (default `default_metric`)."""
+
+    def evaluate_final(self, model, examples: Sequence[Example], features: list[dict], ctx: EvalContext,
+                       split: str) -> dict:
+        """The scores written to metrics.json after training (`split` "dev" or "test"); tasks whose full
+        scoring is too slow for every dev evaluation during training (generation: decoding replies) add it
+        here. Default: `evaluate`."""
+        return self.evaluate(model, examples, features, ctx)
 
     def calibrate(self, model, examples: Sequence[Example], features: list[dict], ctx: EvalContext) -> dict:
         """After training, tune decision thresholds on dev (multi-label, out-of-scope); return what was tuned."""

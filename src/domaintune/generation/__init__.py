@@ -1,0 +1,1 @@
+"""Decoding replies with causal LMs: settings, the chat generator, and the gated fast CPU path."""
