@@ -159,8 +159,18 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
                                         "exported model that passed its accuracy gate (else torch)."),
             no_safe_cells: bool = typer.Option(False, "--no-safe-cells", help="Write cells starting with = + - @ "
                                                "verbatim instead of neutralising them for spreadsheets (for programs "
-                                               "that read the output, never for files opened in Excel).")) -> None:
-    """Predict labels for --text or for a whole --input file."""
+                                               "that read the output, never for files opened in Excel)."),
+            max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Generation runs: longest reply (default: the run's generation.max_new_tokens)."),
+            temperature: Optional[float] = typer.Option(None, "--temperature", help="Generation runs: 0 is greedy; above 0 samples."),
+            top_p: Optional[float] = typer.Option(None, "--top-p", help="Generation runs: nucleus sampling mass."),
+            top_k_tokens: Optional[int] = typer.Option(None, "--top-k-tokens", help="Generation runs: sample among the k most likely tokens (0: off)."),
+            repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="Generation runs: 1.0 is off."),
+            stop: list[str] = typer.Option([], "--stop", help="Generation runs: a string that ends the reply (repeatable)."),
+            seed: Optional[int] = typer.Option(None, "--seed", help="Generation runs: seed for sampling."),
+            faq_index: Optional[Path] = typer.Option(None, "--faq-index", help="Generation runs: a `task: retrieval` run whose "
+                                                     "top FAQ entries are put into the prompt (grounded answers)."),
+            faq_top_k: int = typer.Option(3, "--faq-top-k", help="With --faq-index: how many entries.")) -> None:
+    """Predict labels for --text or for a whole --input file; a generation run streams its reply to --text."""
     _setup_logging(False)
     from domaintune.predictor import Predictor
 
@@ -170,6 +180,14 @@ def predict(run_dir: Path = typer.Argument(..., help="A finished run directory."
         _fail(ValueError("--input needs --output (the input file is never modified)"))
     try:
         predictor = Predictor(run_dir, backend=backend)
+        if predictor.is_generator:
+            from domaintune.commands.generate import predict_generation
+
+            settings = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k_tokens,
+                            repetition_penalty=repetition_penalty, stop=stop or None, seed=seed)
+            predict_generation(predictor, out, console, text, input_, output, settings, faq_index, faq_top_k,
+                               _read_options(fmt, text_column, None, delimiter, encoding, no_header), not no_safe_cells)
+            return
         if text:
             if text_pair and len(text_pair) != len(text):
                 raise ValueError(f"give one --text-pair per --text ({len(text)} texts, {len(text_pair)} pairs)")

@@ -55,8 +55,14 @@ class Predictor:
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         from domaintune.export.onnx_model import BACKEND_FILES, OnnxModel, choose_backend
 
-        self.backend = choose_backend(self.run_dir, backend)
-        if self.backend == "torch":
+        self._generator = None
+        if self.task.output_kind == "text":  # a generator decodes with torch, fp32 or the gated int8 path
+            from domaintune.generation.fast_path import choose_generation_backend
+
+            self.backend = choose_generation_backend(self.run_dir, backend)
+        else:
+            self.backend = choose_backend(self.run_dir, backend)
+        if self.backend in ("torch", "int8"):
             self.model = load_run_model(self.task, model_dir)
         else:  # no torch weights in memory: the ONNX file is the whole model
             from transformers import AutoConfig
@@ -72,6 +78,65 @@ class Predictor:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.batch_size = batch_size or (64 if self.backend == "torch" else 16)
         set_threads(num_threads)
+
+    # ---- generation runs (task: generation) --------------------------------------------------------
+    @property
+    def is_generator(self) -> bool:
+        """Whether this run writes replies (chat, generate) rather than labels or values."""
+        return self.task.output_kind == "text"
+
+    def generator(self):
+        """The run's ChatGenerator (built once; int8 linear layers when the backend is `int8`)."""
+        if not self.is_generator:
+            raise ValueError(f"{self.run_dir}: {self.task.described_as} does not generate text; use predict")
+        if self._generator is None:
+            from domaintune.generation.engine import ChatGenerator, quantize_int8
+
+            model = self.model
+            if hasattr(model, "merge_and_unload"):  # a LoRA/IA3 run: fold the adapter in, one matmul per layer
+                model = self.model = model.merge_and_unload()
+            model = quantize_int8(model) if self.backend == "int8" else model
+            self._generator = ChatGenerator(model, self.tokenizer, self.task.chat_template,
+                                            int(self.task.generation.get("context_tokens", 2048)))
+        return self._generator
+
+    def sampling(self, **overrides):
+        """The run's decoding settings (generation.* of its config) with `overrides` (None values ignored)."""
+        from dataclasses import replace as _replace
+
+        base = self.task.settings()
+        given = {k: (tuple(v) if k == "stop" else v) for k, v in overrides.items() if v is not None}
+        return _replace(base, **given)
+
+    def use_faq(self, faq_run: str | Path | None, top_k: int = 3) -> None:
+        """Ground every reply in the top `top_k` entries of a `task: retrieval` run's FAQ index (--faq-index)."""
+        if faq_run is None:
+            self._faq = None
+            return
+        faq = Predictor(faq_run)
+        if faq.task.output_kind != "ranking":
+            raise ValueError(f"--faq-index {faq_run}: not a `task: retrieval` run (it is {faq.task.described_as})")
+        self._faq, self._faq_top_k = faq, top_k
+
+    def _messages(self, messages) -> list[dict]:
+        from domaintune.generation.grounding import ground
+        from domaintune.tasks.generation import prompt_messages
+
+        msgs = prompt_messages(self.task.as_example(messages))
+        return ground(msgs, getattr(self, "_faq", None), getattr(self, "_faq_top_k", 3))
+
+    def chat(self, messages, settings=None):
+        """One reply (GenerationResult) to OpenAI-shaped `messages` (or a prompt string)."""
+        return self.generator().generate([self._messages(messages)], settings or self.sampling())[0]
+
+    def chat_stream(self, messages, settings=None):
+        """Text pieces of the reply as they are decoded, then one GenerationResult."""
+        return self.generator().stream(self._messages(messages), settings or self.sampling())
+
+    def generate(self, prompts, settings=None) -> list:
+        """Replies to many prompts (strings or message lists), batched by length; in input order."""
+        return self.generator().generate([self._messages(p) for p in prompts], settings or self.sampling(),
+                                         int(self.task.generation.get("eval_batch_size", 8)))
 
     def context(self) -> EvalContext:
         return EvalContext(self.tokenizer, self.pad_id, self.batch_size, self.max_length, False)
@@ -90,6 +155,9 @@ class Predictor:
         examples = self.examples(inputs)
         if not examples:
             return []
+        if self.is_generator:  # through the run's generator: the gated int8 path when it is the backend
+            return [{"text": r.text, "finish_reason": r.finish_reason, "completion_tokens": r.completion_tokens}
+                    for r in self.generate(examples)]
         return self.task.predict(self.model, examples, self.features(examples), self.context(), top_k)
 
     def predict_labels(self, texts: Sequence[str]) -> list[str]:
@@ -127,6 +195,8 @@ class Predictor:
         """
         src, dst = Path(input_path), Path(output_path)
         opts = replace(opts or ReadOptions(), label_column=None)
+        if self.is_generator and opts.text_column == "text":  # the default: read prompts from the run's column
+            opts = replace(opts, text_column=(self.config.get("data") or {}).get("prompt_column") or "prompt")
         # Pair tasks read their second text from the run's pair column; retrieval queries come alone.
         run_pair = (self.config.get("data") or {}).get("text_pair_column") if self.pair_input else None
         if opts.text_pair_column is None and run_pair is not None:

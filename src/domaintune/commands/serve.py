@@ -55,8 +55,14 @@ def register(app) -> None:
                                                 "scope)."),
               docs: bool = typer.Option(False, "--docs", help="Serve Swagger UI at /docs from the packaged "
                                         "swagger-ui-bundle (off by default; /openapi.json is always served)."),
+              max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="Most tokens one "
+                                                 "generation request may ask for (max_tokens over it: 422)."),
+              max_concurrent_generations: int = typer.Option(2, "--max-concurrent-generations", min=1,
+                                                             help="Generations running at once per model; "
+                                                             "one more gets 429 with Retry-After."),
               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-        """Serve runs over HTTP: predict, explain, health, Prometheus metrics; API keys, batching, audit log."""
+        """Serve runs over HTTP: predict, explain, generate (OpenAI-compatible chat completions), health,
+        Prometheus metrics; API keys, batching, audit log."""
         from domaintune import cli as base
 
         base._setup_logging(verbose)
@@ -68,7 +74,8 @@ def register(app) -> None:
                                  max_text_chars=max_text_chars,
                                  auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root,
                                  monitor=not no_monitor, audit_timeout_s=audit_timeout, metrics_auth=metrics_auth,
-                                 docs=docs)
+                                 docs=docs, max_new_tokens=max_new_tokens,
+                                 max_concurrent_generations=max_concurrent_generations)
         try:
             base.console.print(f"serving {', '.join([str(r) for r in run_dirs or []] + list(registry))} on "
                                f"http://{host}:{port} ({'docs: /docs, ' if docs else ''}OpenAPI: /openapi.json, "

@@ -5,7 +5,10 @@ Endpoints (all JSON):
 * `POST /v1/models/{name}/predict` - `{"text": "..."}` or `{"texts": [...]}` (pairs: `text_pair` / `text_pairs`;
   `top_k`); the task's usual prediction dicts come back.
 * `POST /v1/models/{name}/explain` - per-token attributions for one text (+ an HTML snippet).
-* `GET /v1/models`, `GET /v1/models/{name}` - what is served, its version and backend.
+* `POST /v1/models/{name}/generate`, `POST /v1/chat/completions` (OpenAI-compatible) - text generation by a
+  `task: generation` run, streamed as server-sent events (`domaintune.serving.generation_routes`).
+* `GET /v1/models`, `GET /v1/models/{name}` - what is served, its version and backend (`data` entries with
+  `id` and `object: "model"` too, as OpenAI clients expect).
 * `GET /healthz` (process alive), `GET /readyz` (every model loaded), `GET /metrics` (Prometheus).
 * `POST /v1/admin/reload` - admin scope: load a run directory and swap it in between two batches.
 
@@ -63,6 +66,8 @@ class ServeSettings:
     audit_timeout_s: float = 5.0   # a 2xx waits at most this long for its audit row; then 503 + Retry-After
     metrics_auth: bool = False     # /metrics needs a key (any scope) when True (--metrics-auth)
     docs: bool = False             # Swagger UI at /docs from the packaged swagger-ui-bundle (--docs)
+    max_new_tokens: int = 512      # cap on a generation request's max_tokens (larger: 422 naming the cap)
+    max_concurrent_generations: int = 2  # generations running at once per model; beyond: 429 + Retry-After
 
 
 class PredictRequest(BaseModel):
@@ -136,9 +141,13 @@ class ModelSlot:
         return {"model": self.name, "version": version, "previous_version": old, "run_dir": str(new_dir)}
 
     def info(self) -> dict:
+        """What is served; `id`, `object`, `created` and `owned_by` are OpenAI's model fields (its clients list
+        and retrieve models through these routes)."""
         p = self.predictor
-        return {"name": self.name, "task": p.task.name, "version": self.version, "backend": p.backend,
-                "labels": list(p.labels or []), "run": self.run_dir.name}
+        return {"id": self.name, "object": "model", "created": int(self.run_dir.stat().st_mtime),
+                "owned_by": "domaintune", "name": self.name, "task": p.task.name, "version": self.version,
+                "backend": p.backend, "labels": list(p.labels or []), "run": self.run_dir.name,
+                "generator": bool(getattr(p, "is_generator", False))}
 
 
 def _problem(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -329,6 +338,14 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
             raise ApiError(404, f"no model named {name!r}; GET /v1/models lists the served models")
         return slot
 
+    def classifier_for(name: str) -> ModelSlot:
+        """predict/explain: a generation model answers with text, not predictions (422 naming its routes)."""
+        slot = slot_for(name)
+        if getattr(slot.predictor, "is_generator", False):
+            raise ApiError(422, f"model {name!r} generates text; use POST /v1/models/{name}/generate or "
+                                f"POST /v1/chat/completions")
+        return slot
+
     def audit_record(request, slot, endpoint, inputs, output, version=None):
         """What the audit row of this request says (written by RequestObserver, whatever the status)."""
         note_audit(request, model=slot.name, version=version or slot.version, inputs=_raw_texts(inputs),
@@ -341,7 +358,7 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
     async def predict(name: str, request: Request):
         t0 = time.perf_counter()
         key = authorize(request, "predict")
-        slot = slot_for(name)
+        slot = classifier_for(name)
         req = parse(PredictRequest, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
         inputs, single = predict_inputs(req, settings, slot.predictor.pair_input)
         try:
@@ -367,7 +384,7 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
 
         t0 = time.perf_counter()
         key = authorize(request, "predict")
-        slot = slot_for(name)
+        slot = classifier_for(name)
         req = parse(ExplainRequest, await read_json(request, settings.max_body_bytes, settings.body_timeout_s))
         predictor = slot.predictor
         text = check_text("text", req.text, settings.max_text_chars)
@@ -386,6 +403,11 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
                      {k: result[k] for k in ("label", "score", "method") if k in result})
         return JSONResponse({"model": slot.name, "version": slot.version, **result})
 
+    from domaintune.serving.generation_routes import add_generation_routes
+
+    add_generation_routes(app, slots=slots, settings=settings, metrics=metrics, authorize=authorize,
+                          slot_for=slot_for)
+
     def get(path: str, **kw):
         """A GET route that answers HEAD too (uvicorn sends the headers without the body): load balancers and
         uptime probes (`curl -I`) use HEAD, and a 405 reads as "down". HEAD stays out of the OpenAPI document."""
@@ -397,7 +419,8 @@ def create_app(slots: dict[str, ModelSlot], settings: ServeSettings, metrics: Se
     @get("/v1/models", summary="Served models")
     async def list_models(request: Request):
         authorize(request, "predict")
-        return {"models": [s.info() for s in slots.values()]}
+        infos = [s.info() for s in slots.values()]
+        return {"object": "list", "data": infos, "models": infos}  # data: OpenAI's list shape; models: ours
 
     @get("/v1/models/{name}", summary="One served model")
     async def model_info(name: str, request: Request):

@@ -6,10 +6,12 @@ by `authorize`, a 413 from the body reader, a 422 from validation, a 429, a 500 
 an admin reload all pass through here, so none of them can be forgotten.
 
 * **Metrics labels are bounded.** `endpoint` is the name of the matched route (one per
-  registered route: predict, explain, list_models, model_info, reload, healthz, readyz,
-  metrics, openapi, docs); a path that matches no route counts as `_unmatched`, whatever its
-  text. `model` is a served model's name or `_unknown` / `_service`. So 10,000 requests to
-  random paths add no series, and no path text (e-mails, phone numbers) reaches `/metrics`.
+  registered route: predict, explain, generate, chat_completions, list_models, model_info,
+  reload, healthz, readyz, metrics, openapi, docs); a path that matches no route counts as
+  `_unmatched`, whatever its text. `model` is a served model's name or `_unknown` / `_service`
+  (a route without the name in its path, `/v1/chat/completions`, gets the served model its
+  handler resolved through `note_audit`). So 10,000 requests to random paths add no series,
+  and no path text (e-mails, phone numbers) reaches `/metrics`.
 * **A 2xx is sent only after its audit row is durable.** The response's start and body
   messages are held back; the row is handed to the audit writer, and only when the writer has
   committed it (`AuditLog.record(..., durable=True)` returns a future) are they released. If
@@ -17,6 +19,12 @@ an admin reload all pass through here, so none of them can be forgotten.
   with Retry-After instead of the prediction - an acknowledged request is never missing from
   the audit, even after kill -9. Error responses (4xx/5xx) are sent at once and audited
   without waiting: nothing was acknowledged.
+* **Except a stream.** A streamed 2xx (server-sent events of a generation, marked by its
+  handler with `mark_streaming`) cannot be held: its pieces must reach the client as they are
+  made, so it passes through untouched and its row - the whole prompt and output, masked - is
+  written when the stream has ended. Such a row is queued, not awaited: nothing is left to
+  refuse once the stream is out, and a crash mid-stream loses the row of an answer that never
+  finished.
 * What is audited: every request to a `/v1/...` route, and any error status on the other
   routes (e.g. a `/metrics` scrape refused with 401). Requests to paths that match no route
   are counted, not audited (a scanner must not be able to fill the audit disk with 404s).
@@ -37,12 +45,22 @@ from collections.abc import Mapping
 log = logging.getLogger("domaintune.serving")
 
 AUDIT_STATE = "domaintune_audit"  # key in the ASGI scope's "state" dict (Starlette's request.state)
+STREAM_STATE = "domaintune_streaming"  # set by a handler whose 2xx is a stream (never held, audited at its end)
 
 
 def note_audit(request, **fields) -> None:
     """Attach audit fields (key_name, model, version, inputs, output) to the current request."""
     state = request.scope.setdefault("state", {})
     state.setdefault(AUDIT_STATE, {}).update(fields)
+
+
+def mark_streaming(request) -> None:
+    """This request's 2xx is a stream: pass it through unheld and audit it once it has ended (module docstring)."""
+    request.scope.setdefault("state", {})[STREAM_STATE] = True
+
+
+def _streaming(scope) -> bool:
+    return bool((scope.get("state") or {}).get(STREAM_STATE))
 
 
 def _route_of(scope) -> tuple[str, str | None, bool]:
@@ -72,7 +90,8 @@ class RequestObserver:
         async def hold_2xx(message):
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                if self.audit is not None and 200 <= message["status"] < 300 and _audited(scope, message["status"]):
+                if (self.audit is not None and 200 <= message["status"] < 300 and _audited(scope, message["status"])
+                        and not _streaming(scope)):
                     held.append(message)
                     return
             elif held:
@@ -102,8 +121,9 @@ class RequestObserver:
     def _labels(self, scope) -> tuple[str, str]:
         """(endpoint, model) labels: a route name, and a served model's name, `_unknown` or `_service`."""
         endpoint, model, _ = _route_of(scope)
-        if model is None:
-            return endpoint, "_service"
+        if model is None:  # a handler may have resolved a served model from the body (chat completions)
+            noted = ((scope.get("state") or {}).get(AUDIT_STATE) or {}).get("model")
+            return endpoint, (noted if isinstance(noted, str) and noted in self.models else "_service")
         return endpoint, (model if model in self.models else "_unknown")
 
     def _count(self, scope, code: int, t0: float) -> None:

@@ -231,7 +231,8 @@ class GenerationTask(Task):
         g = self.generation
         return SamplingSettings(max_new_tokens=int(g.get("max_new_tokens", 256)), temperature=float(g.get("temperature", 0)),
                                 top_p=float(g.get("top_p", 1.0)), top_k=int(g.get("top_k", 0)),
-                                repetition_penalty=float(g.get("repetition_penalty", 1.0)), stop=tuple(g.get("stop") or ()))
+                                repetition_penalty=float(g.get("repetition_penalty", 1.0)), stop=tuple(g.get("stop") or ()),
+                                seed=g.get("seed"))
 
     def eval_rows(self, examples: Sequence[Example]) -> list[Example]:
         n = self.generation.get("eval_examples")
@@ -242,6 +243,10 @@ class GenerationTask(Task):
         from domaintune.generation.engine import ChatGenerator
 
         rows = self.eval_rows(examples)
+        if hasattr(model, "merge_and_unload"):  # an adapter: decode with a merged copy (faster; the run keeps the adapter)
+            import copy
+
+            model = copy.deepcopy(model).merge_and_unload()
         gen = ChatGenerator(model, tokenizer, self.chat_template, int(self.generation.get("context_tokens", 2048)))
         return score_replies(gen, rows, self.settings(), int(self.generation.get("eval_batch_size", 8)), name,
                              int(self.generation.get("report_samples", 8)))
@@ -260,7 +265,9 @@ class GenerationTask(Task):
     # ---- prediction ---------------------------------------------------------------------------
     def as_example(self, item: Any) -> Example:
         if isinstance(item, Example):
-            return item
+            if item.extra:
+                return item
+            item = item.text  # a row of a prediction file: its prompt, with the run's system prompt
         if isinstance(item, dict) and "messages" in item:
             msgs = [dict(m) for m in item["messages"]]
         elif isinstance(item, (list, tuple)) and item and all(isinstance(m, dict) for m in item):

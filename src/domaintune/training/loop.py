@@ -35,6 +35,16 @@ def cpu_has_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def cpu_flags() -> list[str]:
+    """The CPU features that decide our speed paths, as /proc/cpuinfo names them (benchmarks record them)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in wanted if f in flags]
+
+
 def use_bf16(precision: str) -> bool:
     if precision == "bf16":
         return True
