@@ -1,4 +1,5 @@
-"""`domaintune export RUN_DIR --format onnx [--quantize int8]` (see domaintune.export.onnx_export)."""
+"""`domaintune export RUN_DIR --format onnx [--quantize int8]` (see domaintune.export.onnx_export), and
+`--format gguf [--quantize f32|f16|q8_0]` for causal-LM runs (see domaintune.export.gguf_export)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import typer
 def register(app) -> None:
     @app.command()
     def export(run_dir: Path = typer.Argument(..., help="A finished run directory."),
-               fmt: str = typer.Option("onnx", "--format", help="Export format (onnx)."),
-               quantize: Optional[str] = typer.Option(None, "--quantize", help="int8: also write model.int8.onnx."),
+               fmt: str = typer.Option("onnx", "--format", help="onnx (encoder runs) or gguf (causal-LM runs, "
+                                       "for llama.cpp / Ollama)."),
+               quantize: Optional[str] = typer.Option(None, "--quantize", help="onnx: int8 also writes "
+                                                      "model.int8.onnx. gguf: f32, f16 or q8_0 (default q8_0)."),
                gate: float = typer.Option(1.0, "--gate", help="Fail when the headline metric drops more than this "
                                           "many points against the PyTorch model."),
                force: bool = typer.Option(False, "--force", help="Keep a model that failed the gate (it is still "
@@ -22,14 +25,18 @@ def register(app) -> None:
                max_examples: Optional[int] = typer.Option(None, "--max-examples", help="Check on at most N examples."),
                no_check: bool = typer.Option(False, "--no-check", help="Skip scoring and the gate (not recommended)."),
                verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
-        """Export to ONNX (fp32, optionally int8), score it against PyTorch and gate on accuracy."""
+        """Export to ONNX (fp32, optionally int8), score it against PyTorch and gate on accuracy; or a causal-LM
+        run to GGUF (--format gguf), checked by reading it back."""
         from domaintune import cli as base
 
         base._setup_logging(verbose)
         from domaintune.export import ExportError, export_run
 
+        if fmt == "gguf":
+            _export_gguf(base, run_dir, quantize or "q8_0")
+            return
         if fmt != "onnx":
-            base._fail(ValueError(f"--format {fmt!r}: only onnx is supported"))
+            base._fail(ValueError(f"--format {fmt!r}: use onnx or gguf"))
         try:
             rec = export_run(run_dir, quantize=quantize, gate=gate, force=force, data=data,
                              max_examples=max_examples, check=not no_check)
@@ -48,6 +55,23 @@ def register(app) -> None:
                                f"p50 {b['p50_ms']:.1f} ms  p99 {b['p99_ms']:.1f} ms  agreement {agree}  "
                                f"drop {b['drop_points']:+.2f} pt  gate {'passed' if b['gate_passed'] else 'FAILED'}",
                                highlight=False)
+
+    def _export_gguf(base, run_dir: Path, quantize: str) -> None:
+        """The GGUF path: write, read back with transformers, report the check (the ONNX gate options do not apply)."""
+        from domaintune.export.gguf_export import GGUFExportError, export_gguf
+
+        try:
+            rec = export_gguf(run_dir, quantize=quantize)
+        except (*base.USER_ERRORS, GGUFExportError) as e:
+            base._fail(e)
+            return
+        c = rec["check"]
+        base.out.print(f"exported to {rec['path']} ({rec['bytes'] / 1e6:.1f} MB, {rec['architecture']}, "
+                       f"{rec['quantization']})", highlight=False)
+        n, same_next, same_ids = (len(c["probes"]), sum(p["argmax_match"] for p in c["probes"]),
+                                  sum(p["tokens_match"] for p in c["probes"]))
+        base.out.print(f"read back with transformers: next token agrees on {same_next}/{n} probes, token ids on "
+                       f"{same_ids}/{n}, max |logit diff| {c['max_abs_diff']:.4f}", highlight=False)
 
     @app.command()
     def prune(run_dir: Path = typer.Argument(..., help="A finished full or LoRA fine-tuning run."),

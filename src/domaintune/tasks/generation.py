@@ -35,8 +35,8 @@ from transformers import AutoModelForCausalLM
 from domaintune.data.readers import Example, Problem
 from domaintune.evaluation.markdown import md_cell
 from domaintune.tasks.base import EvalContext, Task
-from domaintune.tasks.generation_encoding import (IGNORE_INDEX, EncodedExample, EncodingStats, collate,
-                                                  collate_packed, encode_conversations, pack, resolve_chat_format)
+from domaintune.tasks.generation_encoding import (IGNORE_INDEX, EncodedExample, collate, collate_packed,
+                                                  encode_conversations, pack, reply_logits_only, resolve_chat_format)
 from domaintune.training.batching import inference_batches
 
 log = logging.getLogger("domaintune")
@@ -84,6 +84,7 @@ class GenerationTask(Task):
         self.encoding: dict[str, dict] = {}
         self._warnings: list[Problem] = []
         self._model_config = None
+        self._sliced_logits = False  # whether the model takes logits_to_keep (see reply_logits_only)
 
     @property
     def described_as(self) -> str:
@@ -137,6 +138,9 @@ class GenerationTask(Task):
         if self.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self._model_config = model.config
+        import inspect
+
+        self._sliced_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         return model
 
     def load_model(self, model_dir) -> torch.nn.Module:
@@ -191,21 +195,28 @@ class GenerationTask(Task):
         examples = [EncodedExample(f["input_ids"], f["labels"]) for f in features]
         if self.packing and len(examples) > 1 and self._model_config is not None:
             # rows of at most train.max_length tokens (every example already fits one)
-            return collate_packed(pack(examples, self.max_length), pad_id, self._model_config)
-        return collate(examples, pad_id)
+            batch = collate_packed(pack(examples, self.max_length), pad_id, self._model_config)
+        else:
+            batch = collate(examples, pad_id)
+        return reply_logits_only(batch) if self._sliced_logits else batch
 
     # ---- scoring ------------------------------------------------------------------------------
     @torch.inference_mode()
     def reply_nll(self, model, features: list[dict], ctx: EvalContext) -> tuple[float, int]:
         """Summed negative log-likelihood of the reply tokens and their count (loss only where labels are set)."""
         model.eval()
+        import inspect
+
+        sliced = "logits_to_keep" in inspect.signature(_forward_of(model)).parameters
         total, count = 0.0, 0
         lengths = [len(f["input_ids"]) for f in features]
         for idx in inference_batches(lengths, max(1, min(ctx.batch_size, 16))):
             batch = collate([EncodedExample(features[i]["input_ids"], features[i]["labels"]) for i in idx], ctx.pad_id)
+            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+            if sliced:
+                batch = reply_logits_only(batch)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ctx.bf16):
                 loss = model(**batch, use_cache=False).loss.float()
-            n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
             if n:
                 total += float(loss) * n
                 count += n
@@ -300,6 +311,12 @@ class GenerationTask(Task):
     # ---- report -------------------------------------------------------------------------------
     def report_lines(self, metrics: dict) -> list[str]:
         return generation_report_lines(metrics)
+
+
+def _forward_of(model):
+    """The causal LM's own forward (a PeftModel's forward takes **kwargs and passes them on)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return inner.forward
 
 
 class _NoModel(torch.nn.Module):

@@ -357,3 +357,20 @@ def collate_packed(rows: Sequence[PackedRow], pad_token_id: int, model_config, m
     else:
         batch["attention_mask"] = block_causal_mask(lengths, width, dtype)
     return batch
+
+
+def reply_logits_only(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch with `logits_to_keep` (a boolean (B, T) mask of the positions whose next token carries a
+    label) and the matching flat `shift_labels`, so the model projects onto its vocabulary only where the loss
+    needs it. Why: the LM head is most of a small LM's compute on a CPU - Gemma-3-270M's 262,144 x 640 head
+    is 168M of its 268M parameters - while prompts are most of the tokens (crosswoz: ~100 prompt tokens for a
+    ~20-token reply). The loss is the same mean over the same label tokens (tests/unit: equal to 1e-6);
+    measured on 8 conversations, forward+backward took 0.4x (Gemma) to 0.6x (SmolLM2) of the full
+    projection's time. transformers' causal LMs take a 2D boolean `logits_to_keep` and a precomputed
+    `shift_labels`; `labels` stays in the batch (the model computes a loss only when it is given)."""
+    labels = batch["labels"]
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    if not bool(keep.any()):  # nothing to predict (cannot happen for encoded replies): keep the plain batch
+        return batch
+    return {**batch, "logits_to_keep": keep, "shift_labels": labels[:, 1:][keep[:, :-1]]}
