@@ -9,7 +9,8 @@ Per data set (bench/configs/bitext_sft.yaml: SmolLM2-135M-Instruct + LoRA; cross
 base + LoRA):
 
 1. Quality. `domaintune train` on a training subset (the first --train-rows rows of train, --dev-rows of dev,
-   stated with their token counts), then the run's own test scoring on the first --test-rows test rows:
+   stated with their token counts) with the first --test-rows rows of test as its test split, then the
+   run's own test scoring on those rows (generation and perplexity alike):
    fine-tuned, zero-shot (the untuned model, same prompt and template) and nearest neighbour (the reply of the
    most similar training prompt; minilm-l6 / m3e-small embeddings) - ROUGE-L, chrF, BLEU (per character for
    Chinese), perplexity of the references, mean reply length. Training seconds and trained tokens/s.
@@ -69,7 +70,7 @@ def train_set(name: str, args, work: Path) -> dict:
     src = DATA / spec["folder"]
     counts = {}
     paths = {}
-    for split, fname, n in zip(("train", "dev", "test"), spec["files"], (args.train_rows, args.dev_rows, None)):
+    for split, fname, n in zip(("train", "dev", "test"), spec["files"], (args.train_rows, args.dev_rows, args.test_rows)):
         paths[split] = work / name / fname
         counts[split] = head_rows(src / fname, paths[split], n)
     run_dir = work / name / "run"
@@ -257,9 +258,9 @@ def markdown(results: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", choices=["bitext", "crosswoz", "both"], default="both")
-    ap.add_argument("--train-rows", type=int, default=800)
-    ap.add_argument("--dev-rows", type=int, default=100)
-    ap.add_argument("--test-rows", type=int, default=100)
+    ap.add_argument("--train-rows", type=int, default=640)
+    ap.add_argument("--dev-rows", type=int, default=64)
+    ap.add_argument("--test-rows", type=int, default=48)
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--speed-prompts", type=int, default=8)
     ap.add_argument("--speed-tokens", type=int, default=64)
@@ -289,7 +290,7 @@ def main() -> None:
         r["speed"] = speed(r["train"]["run_dir"], args.speed_prompts, args.speed_tokens)
         from domaintune.generation.fast_path import check_fast_path
 
-        r["gate"] = check_fast_path(r["train"]["run_dir"], rows=args.test_rows)
+        r["gate"] = check_fast_path(r["train"]["run_dir"])  # the run's evaluated rows (generation.eval_examples)
         r["gguf"] = gguf_and_llamacpp(r["train"]["run_dir"], args.speed_prompts, args.speed_tokens)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))

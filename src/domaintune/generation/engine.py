@@ -106,9 +106,20 @@ class ChatGenerator:
         raise PromptTooLongError(len(ids), self.context_tokens, max_new_tokens)
 
     # ---- decoding ------------------------------------------------------------------------------
+    def _template_stops(self, settings: SamplingSettings) -> SamplingSettings:
+        """Our default template writes turn headers as plain text (`<|im_start|>user`); a base model that ends
+        its reply by starting the next turn is stopped there, as a chat model is by its end-of-turn token."""
+        if self.format.origin != "default" or "<|im_start|>" in settings.stop:
+            return settings
+        from dataclasses import replace
+
+        return replace(settings, stop=(*settings.stop, "<|im_start|>"))
+
     def _generate_kwargs(self, settings: SamplingSettings) -> dict:
         kw = settings.hf_kwargs()
-        kw.update(eos_token_id=self.stop_ids, pad_token_id=self.pad_id)
+        # use_cache explicitly: a model fresh from training has config.use_cache=False (training forwards keep
+        # no cache), and decoding without the KV cache recomputes the whole sequence at every token
+        kw.update(eos_token_id=self.stop_ids, pad_token_id=self.pad_id, use_cache=True)
         if settings.stop:
             kw.update(stop_strings=list(settings.stop), tokenizer=self.tokenizer)
         return kw
@@ -125,6 +136,7 @@ class ChatGenerator:
     def generate(self, conversations: Sequence[list[dict]], settings: SamplingSettings,
                  batch_size: int = 8) -> list[GenerationResult]:
         """One reply per conversation (its messages end with the user's turn), in input order."""
+        settings = self._template_stops(settings)
         prompts = [self.prompt_ids(m, settings.max_new_tokens) for m in conversations]
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
         out: list[GenerationResult | None] = [None] * len(prompts)
@@ -151,6 +163,7 @@ class ChatGenerator:
         iteration early (a client went away) stops the decoding at its next token."""
         from transformers import StoppingCriteria, StoppingCriteriaList
 
+        settings = self._template_stops(settings)
         prompt = self.prompt_ids(messages, settings.max_new_tokens)
         new_ids: list[int] = []
         cancelled = threading.Event()

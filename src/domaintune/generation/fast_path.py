@@ -94,8 +94,18 @@ def check_fast_path(run_dir: str | Path, max_drop: float = 1.0, rows: int | None
                                                             task.chat_template, context)}
     record: dict = {"rows": len(test), "max_drop": max_drop, "decoding": settings.as_dict(), "systems": {}}
     prompts = [prompt_messages(ex) for ex in test[:speed_prompts]]
+    # The run's own test scoring decoded these rows with this fp32 model and these settings (greedy is
+    # deterministic): reuse its scores rather than decode them all again.
+    saved = (json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("test") or {}) \
+        if (run_dir / "metrics.json").is_file() else {}
+    reuse = (saved.get("generated_rows") == len(test) and saved.get("decoding") == settings.as_dict()
+             and settings.greedy and not rows)
     for name, gen in gens.items():
-        scores = score_replies(gen, test, settings, batch, name, samples=3)
+        if name == "fp32" and reuse:
+            scores = {**saved, "samples": saved.get("samples", [])[:3]}
+            record["fp32_scores_from"] = "metrics.json (the run's test scoring: same rows, same greedy decoding)"
+        else:
+            scores = score_replies(gen, test, settings, batch, name, samples=3)
         record["systems"][name] = {"quality": {k: scores[k] for k in ("rougeL", "chrf", "bleu", "language",
                                                                      "tokenization", "generated_rows")},
                                    "samples": scores["samples"],
