@@ -117,6 +117,29 @@ def test_lora_run_scores_against_the_starting_points_and_predicts(tmp_path, smol
     r = CliRunner().invoke(app, ["predict", str(out), "--text", "Do you ship abroad?", "--max-new-tokens", "4"])
     assert r.exit_code == 0 and "Do you ship abroad?" in r.output, r.output
 
+    # the fast path's gate: int8 replies scored against fp32's on the same test rows, recorded; auto follows it
+    r = CliRunner().invoke(app, ["export", str(out), "--format", "int8"])
+    assert r.exit_code == 0, r.output
+    gate = json.loads((out / "export" / "generation_fast.json").read_text())
+    assert gate["rows"] == 2 and set(gate["systems"]) == {"fp32", "int8"} and "cpu_flags" in gate
+    assert gate["gate_passed"] == (gate["rougeL_drop"] <= 1.0)
+    assert Predictor(out).backend == ("int8" if gate["gate_passed"] else "torch")
+    assert Predictor(out, backend="int8").chat("Hi", p.sampling(max_new_tokens=3)).completion_tokens <= 3
+
+    # merge: a plain AutoModelForCausalLM folder that generates what the adapter run generates
+    from transformers import AutoModelForCausalLM
+
+    from domaintune.commands.merge import merge_run
+
+    rec = merge_run(out, tmp_path / "merged")
+    folder = tmp_path / "merged" / "model"
+    assert not (folder / "adapter_config.json").exists() and (folder / "model.safetensors").is_file()
+    assert type(AutoModelForCausalLM.from_pretrained(str(folder))).__name__ == "LlamaForCausalLM"
+    merged = Predictor(tmp_path / "merged")
+    assert merged.chat("Can I get a refund?", merged.sampling(max_new_tokens=5)).text == \
+        p.chat("Can I get a refund?", p.sampling(max_new_tokens=5)).text
+    assert rec["max_logit_difference"] <= rec["tolerance"]
+
 
 def _latest_step(run):
     try:

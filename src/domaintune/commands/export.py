@@ -12,8 +12,8 @@ import typer
 def register(app) -> None:
     @app.command()
     def export(run_dir: Path = typer.Argument(..., help="A finished run directory."),
-               fmt: str = typer.Option("onnx", "--format", help="onnx (encoder runs) or gguf (causal-LM runs, "
-                                       "for llama.cpp / Ollama)."),
+               fmt: str = typer.Option("onnx", "--format", help="onnx (encoder runs); gguf (causal-LM runs, "
+                                       "for llama.cpp / Ollama); int8 (generation runs: check the fast CPU path)."),
                quantize: Optional[str] = typer.Option(None, "--quantize", help="onnx: int8 also writes "
                                                       "model.int8.onnx. gguf: f32, f16 or q8_0 (default q8_0)."),
                gate: float = typer.Option(1.0, "--gate", help="Fail when the headline metric drops more than this "
@@ -35,8 +35,11 @@ def register(app) -> None:
         if fmt == "gguf":
             _export_gguf(base, run_dir, quantize or "q8_0")
             return
+        if fmt == "int8":
+            _check_generation_fast_path(base, run_dir, gate, max_examples)
+            return
         if fmt != "onnx":
-            base._fail(ValueError(f"--format {fmt!r}: use onnx or gguf"))
+            base._fail(ValueError(f"--format {fmt!r}: use onnx, gguf, or int8 (the fast path of a generation run)"))
         try:
             rec = export_run(run_dir, quantize=quantize, gate=gate, force=force, data=data,
                              max_examples=max_examples, check=not no_check)
@@ -72,6 +75,24 @@ def register(app) -> None:
                                   sum(p["tokens_match"] for p in c["probes"]))
         base.out.print(f"read back with transformers: next token agrees on {same_next}/{n} probes, token ids on "
                        f"{same_ids}/{n}, max |logit diff| {c['max_abs_diff']:.4f}", highlight=False)
+
+    def _check_generation_fast_path(base, run_dir: Path, gate: float, max_examples: int | None) -> None:
+        """The int8 fast generation path: test replies and speed against fp32, gated on ROUGE-L."""
+        from domaintune.generation.fast_path import check_fast_path
+
+        try:
+            rec = check_fast_path(run_dir, max_drop=gate, rows=max_examples)
+        except (*base.USER_ERRORS, ValueError) as e:
+            base._fail(e)
+            return
+        for name, sysrec in rec["systems"].items():
+            q, sp = sysrec["quality"], sysrec["speed"]
+            base.out.print(f"{name:<5} ROUGE-L {q['rougeL']:.2f}  chrF {q['chrf']:.2f}  "
+                           + "  ".join(f"batch {x['batch']}: {x['tokens_per_second']} tokens/s" for x in sp),
+                           highlight=False)
+        base.out.print(f"int8 vs fp32: ROUGE-L {-rec['rougeL_drop']:+.2f} pt, {rec['speedup_batch1']}x tokens/s at "
+                       f"batch 1; gate ({gate} pt) {'passed: --backend auto decodes with int8' if rec['gate_passed'] else 'FAILED: the run keeps decoding in fp32'}",
+                       highlight=False)
 
     @app.command()
     def prune(run_dir: Path = typer.Argument(..., help="A finished full or LoRA fine-tuning run."),

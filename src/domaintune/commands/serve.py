@@ -60,6 +60,9 @@ def register(app) -> None:
               max_concurrent_generations: int = typer.Option(2, "--max-concurrent-generations", min=1,
                                                              help="Generations running at once per model; "
                                                              "one more gets 429 with Retry-After."),
+              faq_index: Optional[Path] = typer.Option(None, "--faq-index", help="A `task: retrieval` run: generation "
+                                                       "models put its top FAQ entries into every prompt."),
+              faq_top_k: int = typer.Option(3, "--faq-top-k", min=1, help="With --faq-index: how many entries."),
               verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
         """Serve runs over HTTP: predict, explain, generate (OpenAI-compatible chat completions), health,
         Prometheus metrics; API keys, batching, audit log."""
@@ -75,7 +78,8 @@ def register(app) -> None:
                                  auth=not no_auth, backend=backend, num_threads=threads, runs_root=runs_root,
                                  monitor=not no_monitor, audit_timeout_s=audit_timeout, metrics_auth=metrics_auth,
                                  docs=docs, max_new_tokens=max_new_tokens,
-                                 max_concurrent_generations=max_concurrent_generations)
+                                 max_concurrent_generations=max_concurrent_generations, faq_index=faq_index,
+                                 faq_top_k=faq_top_k)
         try:
             base.console.print(f"serving {', '.join([str(r) for r in run_dirs or []] + list(registry))} on "
                                f"http://{host}:{port} ({'docs: /docs, ' if docs else ''}OpenAPI: /openapi.json, "

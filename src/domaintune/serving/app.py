@@ -68,6 +68,8 @@ class ServeSettings:
     docs: bool = False             # Swagger UI at /docs from the packaged swagger-ui-bundle (--docs)
     max_new_tokens: int = 512      # cap on a generation request's max_tokens (larger: 422 naming the cap)
     max_concurrent_generations: int = 2  # generations running at once per model; beyond: 429 + Retry-After
+    faq_index: Path | None = None  # a `task: retrieval` run whose top entries ground every generator's prompts
+    faq_top_k: int = 3
 
 
 class PredictRequest(BaseModel):
@@ -127,6 +129,8 @@ class ModelSlot:
         run_dir = Path(run_dir).resolve()
         predictor = Predictor(run_dir, batch_size=self.settings.max_batch, num_threads=self.settings.num_threads,
                               backend=self.settings.backend)
+        if predictor.is_generator and self.settings.faq_index is not None:  # grounded answers (serve --faq-index)
+            predictor.use_faq(self.settings.faq_index, self.settings.faq_top_k)
         return run_dir, predictor, model_version(run_dir)
 
     def reload(self, run_dir: Path | None = None) -> dict:
