@@ -108,7 +108,7 @@ class GenerationSection(_Strict):
     top_k: int = Field(0, ge=0, description="Sample among the k most likely tokens (0: off).")
     repetition_penalty: float = Field(1.0, gt=0, description="Penalty on tokens already generated (1.0: off).")
     stop: list[str] = Field(default_factory=list, description="Strings that end a reply (cut from the text); the end-of-turn token always does.")
-    eval_examples: int | None = Field(200, ge=1, description="Test rows generated for the report (the first N, the same rows for every baseline); empty generates all.")
+    eval_examples: int | None = Field(200, ge=1, description="Test rows generated for the report (N evenly spaced rows, the same for every baseline); empty generates all.")
     eval_batch_size: int = Field(8, ge=1, description="Prompts generated together in evaluation (sorted by length, left-padded).")
     context_tokens: int = Field(2048, ge=16, description="Prompt + reply token cap when generating (the model's own limit applies too).")
     nearest_neighbour_model: str | None = Field(None, description="Embedding model of the nearest-neighbour baseline; empty: minilm-l6 for English, m3e-small for Chinese (research-only licence).")

@@ -246,8 +246,13 @@ class GenerationTask(Task):
                                 seed=g.get("seed"))
 
     def eval_rows(self, examples: Sequence[Example]) -> list[Example]:
+        """The test rows whose replies are generated: `generation.eval_examples` evenly spaced rows (files are
+        often sorted by intent or dialogue, so the first N would test one kind of request), the same for every
+        system compared."""
         n = self.generation.get("eval_examples")
-        return list(examples[:n] if n else examples)
+        if not n or n >= len(examples):
+            return list(examples)
+        return [examples[i * len(examples) // n] for i in range(n)]
 
     def generation_scores(self, model, tokenizer, examples: Sequence[Example], name: str = "fine-tuned") -> dict:
         """Generate a reply for each evaluated row and score it against the reference."""
@@ -368,8 +373,8 @@ def generation_report_lines(metrics: dict) -> list[str]:
                   f"- language `{test.get('language')}`: {test.get('tokenization')}; chrF and BLEU from sacreBLEU",
                   f"- perplexity: of the reference replies' tokens under each model (the zero-shot row: the untuned "
                   f"model); the nearest-neighbour baseline copies the reply of the most similar training prompt",
-                  f"- generation speed (fp32, batch {metrics.get('method_settings', {}).get('eval_batch_size', '')}"
-                  f"): {test.get('tokens_per_second')} tokens/s", ""]
+                  f"- generation speed of the evaluation (fp32, batched by prompt length): "
+                  f"{test.get('tokens_per_second')} tokens/s", ""]
     enc = (metrics.get("data") or {}).get("encoding") or {}
     if enc:
         lines += ["## Encoding (chat template, truncation)", "",
