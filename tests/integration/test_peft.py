@@ -22,6 +22,7 @@ from domaintune.config import load_config
 from domaintune.data import Example
 from domaintune.methods import get_method
 from domaintune.predictor import Predictor
+from domaintune.training.checkpoint import CheckpointManager
 from domaintune.run import train_run
 
 ROWS = {
@@ -77,7 +78,8 @@ def _in_process_model(run_dir, cfg):
     from domaintune.models import resolve_model
 
     model = method.prepare(method.build(pred.task, resolve_model(cfg.model), cfg), pred.task)
-    model.load_state_dict(load_file(str(run_dir / "checkpoints" / "best" / "model.safetensors")), strict=True)
+    # checkpoints hold the trainable tensors only; load_weights checks every other one is a frozen parameter
+    CheckpointManager.load_weights(model, run_dir / "checkpoints" / "best")
     return model.eval(), pred
 
 

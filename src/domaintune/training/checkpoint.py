@@ -119,7 +119,8 @@ METHOD_STATE = "method_state.safetensors"
 
 
 def _frozen_names(model) -> set[str]:
-    return {n for n, p in model.named_parameters() if not p.requires_grad}
+    """Every name of every frozen parameter (a tied parameter has several: the embeddings and the LM head)."""
+    return {n for n, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def _aliases(model) -> set[str]:
@@ -196,7 +197,15 @@ class CheckpointManager:
         state = load_file(str(Path(folder) / "model.safetensors"))
         missing, unexpected = model.load_state_dict(state, strict=False)
         frozen = _frozen_names(model)
-        missing = [k for k in missing if k not in frozen and k not in _aliases(model)]
+        params = dict(model.named_parameters(remove_duplicate=False))
+        tensors = {**params, **model.state_dict(keep_vars=True)}
+
+        def where(t) -> tuple:
+            return t.data_ptr(), tuple(t.shape)
+
+        loaded = {where(tensors[k]) for k in state if k in tensors}
+        # a key absent from the file is fine when it is frozen or shares its memory with a key that was loaded
+        missing = [k for k in missing if k not in frozen and k in tensors and where(tensors[k]) not in loaded]
         if missing or unexpected:
             raise RuntimeError(f"{folder}: checkpoint does not fit the model (missing {missing[:5]}, unexpected "
                                f"{unexpected[:5]}); it was written for another model or method")
