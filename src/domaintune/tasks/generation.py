@@ -26,6 +26,7 @@ nearest-neighbour baseline compare), `label` its last reply (the reference), `ex
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -177,21 +178,16 @@ class GenerationTask(Task):
     def encode(self, tokenizer, examples: Sequence[Example], max_length: int, with_targets: bool = True) -> list[dict]:
         if with_targets:
             return self.encode_split("predict", tokenizer, examples, max_length)
-        from domaintune.generation.engine import ChatGenerator
-
-        gen = ChatGenerator(_NoModel(), tokenizer, self.chat_template, max_length)
-        return [{"input_ids": gen.tokenizer(gen.render(prompt_messages(ex)), add_special_tokens=False)["input_ids"]}
-                for ex in examples]
+        template = resolve_chat_format(tokenizer, self.chat_template).template
+        return [{"input_ids": tokenizer(tokenizer.apply_chat_template(prompt_messages(ex), chat_template=template,
+                                                                      tokenize=False, add_generation_prompt=True),
+                                        add_special_tokens=False)["input_ids"]} for ex in examples]
 
     def collate(self, features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-        if "labels" not in features[0]:
-            width = max(len(f["input_ids"]) for f in features)
-            ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(features), width), dtype=torch.long)
-            for r, f in enumerate(features):
-                ids[r, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
-                mask[r, :len(f["input_ids"])] = 1
-            return {"input_ids": ids, "attention_mask": mask}
+        if "labels" not in features[0]:  # prompts only: the encoders' dynamic padding
+            from domaintune.tasks.classification import pad_batch
+
+            return pad_batch(features, pad_id)
         examples = [EncodedExample(f["input_ids"], f["labels"]) for f in features]
         if self.packing and len(examples) > 1 and self._model_config is not None:
             # rows of at most train.max_length tokens (every example already fits one)
@@ -324,10 +320,6 @@ def _forward_of(model):
     return inner.forward
 
 
-class _NoModel(torch.nn.Module):
-    """A stand-in for ChatGenerator when only prompts are rendered (no config, no generation config)."""
-
-
 def score_replies(gen, rows: Sequence[Example], settings, batch_size: int, name: str, samples: int = 8,
                   replies: list[str] | None = None) -> dict:
     """Generated (or given: nearest neighbour) replies for `rows`, scored against their references."""
@@ -342,9 +334,9 @@ def score_replies(gen, rows: Sequence[Example], settings, batch_size: int, name:
                 fits.append(ex)
             except PromptTooLongError:
                 skipped += 1
-        t0 = __import__("time").perf_counter()
+        t0 = time.perf_counter()
         results = gen.generate([prompt_messages(ex) for ex in fits], settings, batch_size)
-        seconds = __import__("time").perf_counter() - t0
+        seconds = time.perf_counter() - t0
         replies = [r.text for r in results]
         tokens = sum(r.completion_tokens for r in results)
         speed = {"generation_seconds": round(seconds, 2), "generated_tokens": tokens,
