@@ -95,7 +95,10 @@ class Predictor:
             model = self.model
             if hasattr(model, "merge_and_unload"):  # a LoRA/IA3 run: fold the adapter in, one matmul per layer
                 model = self.model = model.merge_and_unload()
-            model = quantize_int8(model) if self.backend == "int8" else model
+            if self.backend == "int8":  # smoothed with the calibration `export --format int8` saved, if any
+                from domaintune.generation.fast_path import saved_maxima
+
+                model = quantize_int8(model, saved_maxima(self.run_dir))
             self._generator = ChatGenerator(model, self.tokenizer, self.task.chat_template,
                                             int(self.task.generation.get("context_tokens", 2048)))
         return self._generator

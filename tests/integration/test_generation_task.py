@@ -123,6 +123,10 @@ def test_lora_run_scores_against_the_starting_points_and_predicts(tmp_path, smol
     gate = json.loads((out / "export" / "generation_fast.json").read_text())
     assert gate["rows"] == 2 and set(gate["systems"]) == {"fp32", "int8"} and "cpu_flags" in gate
     assert gate["gate_passed"] == (gate["rougeL_drop"] <= 1.0)
+    assert gate["smoothing"]["calibration_rows"] == 16  # training conversations, not the scored test rows
+    from domaintune.generation.fast_path import saved_maxima
+
+    assert saved_maxima(out) and all(v.ndim == 1 and float(v.min()) >= 0 for v in saved_maxima(out).values())
     assert Predictor(out).backend == ("int8" if gate["gate_passed"] else "torch")
     assert Predictor(out, backend="int8").chat("Hi", p.sampling(max_new_tokens=3)).completion_tokens <= 3
 

@@ -22,6 +22,10 @@ from pathlib import Path
 log = logging.getLogger("domaintune")
 
 RECORD = "generation_fast.json"
+#: Per-channel activation maxima of the run's training replies, for the int8 path's smoothing (safetensors).
+CALIBRATION = "int8_calibration.safetensors"
+#: Training conversations the calibration runs through the fp32 model.
+CALIBRATION_ROWS = 32
 BACKENDS = ("torch", "int8")
 
 
@@ -40,6 +44,28 @@ def choose_generation_backend(run_dir: str | Path, requested: str = "auto") -> s
     if requested != "auto":
         return requested
     return "int8" if fast_path_record(run_dir).get("gate_passed") else "torch"
+
+
+def calibration_maxima(generator, rows) -> dict:
+    """Activation maxima of `generator`'s fp32 model over whole training conversations (prompt and reply)."""
+    from domaintune.generation.smoothing import activation_maxima, calibration_batches
+    from domaintune.tasks.generation import prompt_messages
+
+    texts = [generator.render([*prompt_messages(ex), {"role": "assistant", "content": str(ex.label)}])
+             for ex in rows[:CALIBRATION_ROWS]]
+    import torch
+
+    with torch.inference_mode():
+        return activation_maxima(generator.model, calibration_batches(generator.tokenizer, texts, 512))
+
+
+def saved_maxima(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / "export" / CALIBRATION
+    if not path.is_file():
+        return None
+    from domaintune.generation.smoothing import load_maxima
+
+    return load_maxima(path)
 
 
 def decoding_speed(generator, prompts: list[list[dict]], settings, batch_size: int) -> dict:
@@ -90,9 +116,15 @@ def check_fast_path(run_dir: str | Path, max_drop: float = 1.0, rows: int | None
     settings = task.settings()
     batch = int(task.generation.get("eval_batch_size", 8))
     context = int(task.generation.get("context_tokens", 2048))
-    gens = {"fp32": fp32.generator(), "int8": ChatGenerator(quantize_int8(fp32.generator().model), fp32.tokenizer,
-                                                            task.chat_template, context)}
-    record: dict = {"rows": len(test), "max_drop": max_drop, "decoding": settings.as_dict(), "systems": {}}
+    from domaintune.generation.smoothing import ALPHA, save_maxima
+
+    # calibrated on training conversations (never the test rows the gate scores), saved for the Predictor
+    maxima = calibration_maxima(fp32.generator(), task.eval_rows(splits.train))
+    save_maxima(maxima, run_dir / "export" / CALIBRATION)
+    gens = {"fp32": fp32.generator(), "int8": ChatGenerator(quantize_int8(fp32.generator().model, maxima),
+                                                            fp32.tokenizer, task.chat_template, context)}
+    record: dict = {"rows": len(test), "max_drop": max_drop, "smoothing": {"alpha": ALPHA, "calibration_rows":
+                    min(CALIBRATION_ROWS, len(splits.train)), "file": CALIBRATION}, "decoding": settings.as_dict(), "systems": {}}
     prompts = [prompt_messages(ex) for ex in test[:speed_prompts]]
     # The run's own test scoring decoded these rows with this fp32 model and these settings (greedy is
     # deterministic): reuse its scores rather than decode them all again.
