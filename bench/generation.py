@@ -129,7 +129,11 @@ def speed(run_dir: str, prompts_n: int, tokens: int) -> dict:
     test = prepare_data(cfg, pred.task).test[:prompts_n]
     prompts = [gen.prompt_ids(prompt_messages(ex), tokens) for ex in test]
     tok = pred.tokenizer
-    systems = {"transformers fp32": gen.model, "domaintune int8 fast path": quantize_int8(gen.model)}
+    from domaintune.generation.fast_path import saved_maxima
+
+    # the int8 model the Predictor serves: smoothed with the calibration the gate saved (run before this)
+    systems = {"transformers fp32": gen.model,
+               "domaintune int8 fast path": quantize_int8(gen.model, saved_maxima(run_dir))}
     out: dict = {"prompts": len(prompts), "new_tokens_each": tokens, "prompt_tokens_mean": round(sum(map(len, prompts)) / len(prompts), 1)}
 
     def run(model, batch: list[list[int]], n: int) -> float:
@@ -309,10 +313,10 @@ def main() -> None:
         r["train"] = train_set(name, args, args.work)
         r["quality"] = quality_rows(r["train"]["metrics"])
         print(json.dumps(r["quality"], ensure_ascii=False, default=str)[:2000], flush=True)
-        r["speed"] = speed(r["train"]["run_dir"], args.speed_prompts, args.speed_tokens)
         from domaintune.generation.fast_path import check_fast_path
 
         r["gate"] = check_fast_path(r["train"]["run_dir"])  # the run's evaluated rows (generation.eval_examples)
+        r["speed"] = speed(r["train"]["run_dir"], args.speed_prompts, args.speed_tokens)
         r["gguf"] = gguf_and_llamacpp(r["train"]["run_dir"], args.speed_prompts, args.speed_tokens)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.with_suffix(".json").write_text(json.dumps(results, indent=2, ensure_ascii=False, default=str))
