@@ -39,26 +39,23 @@ STREAM_THREADS = 1
 DEFAULT_CONTEXT = 2048
 
 
-def quantize_int8(model: torch.nn.Module, maxima: dict | None = None, alpha: float | None = None,
-                  skip: Sequence[str] = ()) -> torch.nn.Module:
+def quantize_int8(model: torch.nn.Module, maxima: dict | None = None) -> torch.nn.Module:
     """An int8 copy of the model: SmoothQuant-style smoothing (`generation/smoothing.py`) with the calibration
-    `maxima` when given, then torch's dynamic int8 linear (per output channel) for every `nn.Linear` whose name
-    contains none of `skip`. The fp32 model is left untouched."""
+    `maxima` when given, then torch's dynamic int8 linear (per output channel) for every `nn.Linear`. The fp32
+    model is left untouched."""
     import copy
     import warnings
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    from domaintune.generation.smoothing import ALPHA, smooth
+    from domaintune.generation.smoothing import smooth
 
     model = copy.deepcopy(model.eval())
     if maxima:
-        smooth(model, maxima, ALPHA if alpha is None else alpha)
-    names = {n: per_channel_dynamic_qconfig for n, m in model.named_modules()
-             if isinstance(m, torch.nn.Linear) and not any(k in n for k in skip)}
+        smooth(model, maxima)
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice: it is still the CPU int8 kernel
         warnings.simplefilter("ignore")
-        return quantize_dynamic(model, names, inplace=True)
+        return quantize_dynamic(model, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
 def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:

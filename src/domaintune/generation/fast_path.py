@@ -48,13 +48,13 @@ def choose_generation_backend(run_dir: str | Path, requested: str = "auto") -> s
 
 def calibration_maxima(generator, rows) -> dict:
     """Activation maxima of `generator`'s fp32 model over whole training conversations (prompt and reply)."""
+    import torch
+
     from domaintune.generation.smoothing import activation_maxima, calibration_batches
     from domaintune.tasks.generation import prompt_messages
 
     texts = [generator.render([*prompt_messages(ex), {"role": "assistant", "content": str(ex.label)}])
              for ex in rows[:CALIBRATION_ROWS]]
-    import torch
-
     with torch.inference_mode():
         return activation_maxima(generator.model, calibration_batches(generator.tokenizer, texts, 512))
 

@@ -118,29 +118,13 @@ def calibration_batches(tokenizer, texts: list[str], max_length: int = 256) -> l
     return [torch.tensor([tokenizer(t, add_special_tokens=False)["input_ids"][:max_length]]) for t in texts if t]
 
 
-#: Used when a run has no saved calibration texts: generic service-style exchanges in English and Chinese.
-DEFAULT_CALIBRATION = [
-    "Hello, I would like to cancel my order and get a refund. What should I do?",
-    "Please follow these steps: 1. Log in to your account. 2. Open Order History. 3. Select the order.",
-    "The machine stopped with error E42 after the last maintenance; the pressure sensor reads 0 bar.",
-    "Thank you for reaching out. I understand your concern and I'm here to help you with your payment.",
-    "你好，可以帮我推荐一个评分是4分以上的酒店吗？价格在400到500元之间。",
-    "好的，为您推荐北京的两家酒店，它们都提供免费无线网络和早餐服务。",
-]
-
-
 def save_maxima(maxima: dict[str, torch.Tensor], path) -> None:
-    """Atomically write the calibration maxima (safetensors: no pickle is ever loaded back)."""
-    import os
-    from pathlib import Path
+    """Write the calibration maxima atomically (safetensors: nothing pickled is ever loaded back)."""
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
+    from domaintune.training.checkpoint import atomic_write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in maxima.items()}, str(tmp))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save({k: v.contiguous() for k, v in maxima.items()}))
 
 
 def load_maxima(path) -> dict[str, torch.Tensor]:

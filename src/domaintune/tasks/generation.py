@@ -53,6 +53,13 @@ def prompt_messages(ex: Example) -> list[dict]:
     return msgs[:-1] if msgs and msgs[-1]["role"] == "assistant" else msgs
 
 
+def evenly_spaced(rows: Sequence, n: int | None) -> list:
+    """`n` rows evenly spaced over `rows` (all of them when n is empty or not smaller)."""
+    if not n or n >= len(rows):
+        return list(rows)
+    return [rows[i * len(rows) // n] for i in range(n)]
+
+
 class GenerationTask(Task):
     name = "generation"
     auto_class = AutoModelForCausalLM
@@ -245,10 +252,7 @@ class GenerationTask(Task):
         """The test rows whose replies are generated: `generation.eval_examples` evenly spaced rows (files are
         often sorted by intent or dialogue, so the first N would test one kind of request), the same for every
         system compared."""
-        n = self.generation.get("eval_examples")
-        if not n or n >= len(examples):
-            return list(examples)
-        return [examples[i * len(examples) // n] for i in range(n)]
+        return evenly_spaced(examples, self.generation.get("eval_examples"))
 
     def generation_scores(self, model, tokenizer, examples: Sequence[Example], name: str = "fine-tuned") -> dict:
         """Generate a reply for each evaluated row and score it against the reference."""
